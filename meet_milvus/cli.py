@@ -1,0 +1,77 @@
+"""`meet-milvus`: the runtime command line (server, data, load, search, eval)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from meet_milvus.config import Settings, load_settings
+from meet_milvus.errors import MeetError
+
+
+class Context:
+    """Carries the global flags; settings are built on first use so `--help` stays instant."""
+
+    def __init__(self, config_file: Path | None, overrides: dict) -> None:
+        self.config_file = config_file
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file, **self.overrides)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file")
+@click.option("--uri", "milvus_uri", help="Milvus URI; default: the embedded server")
+@click.option("--token", "milvus_token", help="Milvus token or user:password")
+@click.option("--db", "milvus_db", help="Milvus database name")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="data sets and Milvus data")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="downloads and feature caches")
+@click.option("--device", help="auto, cpu, cuda or cuda:N")
+@click.version_option(package_name="meet-milvus")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
+    """MEET image-text retrieval on Milvus."""
+    ctx.obj = Context(config_file, overrides)
+
+
+def _register() -> None:
+    from meet_milvus.commands import data, retrieval, server
+
+    cli.add_command(server.server)
+    cli.add_command(data.data)
+    for command in retrieval.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except MeetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

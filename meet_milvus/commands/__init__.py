@@ -1,0 +1,1 @@
+"""Command groups of the `meet-milvus` CLI, one module per concern."""

@@ -1,0 +1,122 @@
+"""One settings object for every command: CLI flags > environment (MEET_*) > TOML file > defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from meet_milvus.errors import MeetError
+
+DEFAULT_HOME = Path(os.environ.get("MEET_HOME", Path.home() / ".meet-milvus"))
+CONFIG_FILE_ENV = "MEET_CONFIG"
+DEFAULT_CONFIG_FILE = Path("meet-milvus.toml")
+
+
+class Settings(BaseSettings):
+    """Where Milvus is, where data and models live, and which device computes."""
+
+    model_config = SettingsConfigDict(env_prefix="MEET_", extra="forbid", validate_default=True)
+
+    milvus_uri: str | None = Field(
+        None, description="Milvus URI (http://host:19530); empty means the embedded server"
+    )
+    milvus_token: str = Field("", description="Milvus token or user:password")
+    milvus_db: str = Field("default", description="Milvus database name")
+    embedded_port: int = Field(19530, ge=1, le=65535, description="port of the embedded Milvus")
+    data_dir: Path = Field(DEFAULT_HOME / "data", description="data sets and Milvus data")
+    cache_dir: Path = Field(DEFAULT_HOME / "cache", description="downloads and feature caches")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    text_model: Path | None = Field(
+        None, description="BERT-family checkpoint dir (default: the offline all-MiniLM-L6-v2)"
+    )
+    checkpoint: Path | None = Field(None, description="trained MEET checkpoint directory")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not (v.startswith(("http://", "https://", "tcp://", "unix:")) or v.endswith(".db")):
+            raise ValueError("must look like http://host:19530")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("data_dir", "cache_dir", "text_model", "checkpoint")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(v).expanduser()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no URI is configured and the embedded server is used."""
+        return self.milvus_uri is None
+
+    @property
+    def milvus_dir(self) -> Path:
+        return self.data_dir / "milvus"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the CLI flags and the TOML file's values, merged in load_settings.
+        return (init_settings, env_settings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as e:
+        raise MeetError(f"config file {path}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise MeetError(f"config file {path}: not valid TOML ({e})") from None
+    # Accept a [meet] table or top-level keys.
+    return dict(data.get("meet", data))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: `overrides` (CLI flags; None means unset) > MEET_* env > TOML > defaults."""
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    file_values = _read_toml(Path(path)) if path else {}
+    env_keys = {k[5:].lower() for k in os.environ if k.upper().startswith("MEET_")}
+    # The environment outranks the file: drop file values the environment sets.
+    values = {k: v for k, v in file_values.items() if k not in env_keys}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        source = f" (from {path})" if path and name in file_values else ""
+        raise MeetError(f"setting '{name}'{source}: {err['msg']}") from None
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device string for a setting: 'auto' picks cuda when present."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,1 @@
+"""Session fixtures: small real data sets (see issue 2)."""

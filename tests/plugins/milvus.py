@@ -1,0 +1,1 @@
+"""Session fixture: the embedded Milvus server (see issue 2)."""
