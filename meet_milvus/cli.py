@@ -72,6 +72,3 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 
-
-if __name__ == "__main__":
-    main()

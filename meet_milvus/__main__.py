@@ -1,0 +1,5 @@
+"""`python -m meet_milvus` runs the CLI."""
+
+from meet_milvus.cli import main
+
+main()
