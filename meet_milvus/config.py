@@ -1,12 +1,12 @@
-"""One settings object for every command: CLI flags > environment (MEET_*) > TOML file > defaults."""
+"""One settings object for every command: CLI flags > environment (MEET_*) > TOML > defaults."""
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -95,7 +95,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings: `overrides` (CLI flags; None means unset) > MEET_* env > TOML > defaults."""
+    """Settings from `overrides` (CLI flags; None = unset) > MEET_* env > TOML > defaults."""
     path = config_file or os.environ.get(CONFIG_FILE_ENV)
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         path = DEFAULT_CONFIG_FILE

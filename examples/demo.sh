@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole job on the embedded Milvus: demo data -> train on the CPU -> load -> search -> evaluate.
+# Every step is cached or idempotent, so a second run is quick (MEET_RETRAIN=1 trains again).
+set -euo pipefail
+
+meet-milvus data demo
+ckpt="$(python -c 'from meet_milvus.config import load_settings; print(load_settings().data_dir / "checkpoints" / "demo")')"
+if [ -f "$ckpt/config.json" ] && [ "${MEET_RETRAIN:-0}" != 1 ]; then
+    echo "using the trained checkpoint $ckpt"
+else
+    meet-train --data_name demo
+fi
+meet-milvus load --collection demo
+meet-milvus search "a tiger next to a flower" --collection demo -k 5
+meet-milvus eval --collection demo
