@@ -1,0 +1,91 @@
+"""Hash packing and product quantization: codes, reconstruction and ADC agree."""
+
+import numpy as np
+import pytest
+import torch
+
+from training.hashing import hamming, pack_codes
+from training.quantization import ProductQuantizer
+from training.vocab import UNK, Vocabulary
+
+
+def test_pack_codes_is_the_contracts_packbits():
+    head = np.array([[0.9, -0.2, 0.1, -0.7, -0.1, 0.3, 0.0, 0.8] * 2], dtype=np.float32)
+    codes = pack_codes(head)
+    assert codes.dtype == np.uint8 and codes.shape == (1, 2)
+    # Big bit order: the first output is the most significant bit; 0.0 is not positive.
+    assert codes[0, 0] == 0b10100101
+    assert np.array_equal(codes, np.packbits(head > 0, axis=1))
+
+
+def test_hamming_counts_differing_signs():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 64)), rng.normal(size=(300, 64))
+    d = hamming(pack_codes(a), pack_codes(b), chunk=3)
+    signs = np.sign(a) @ np.sign(b).T
+    assert d.shape == (7, 300)
+    assert np.array_equal(d, ((64 - signs) / 2).astype(np.int32))
+
+
+def _clustered(n=600, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(5, dim, generator=g)
+    x = centres[torch.randint(5, (n,), generator=g)] + 0.01 * torch.randn(n, dim, generator=g)
+    return x
+
+
+def test_pq_codes_are_nearest_codewords_and_adc_matches_reconstruction():
+    x = _clustered()
+    pq = ProductQuantizer(16, 4, 3)
+    pq.fit(x, iters=10, seed=1)
+    assert pq.codebooks.shape == (4, 8, 4)
+    codes = pq.encode(x)
+    assert codes.shape == (600, 4)
+    # Brute force: the nearest codeword of every sub-vector.
+    parts = x.view(600, 4, 4)
+    dist = ((parts[:, :, None, :] - pq.codebooks[None]) ** 2).sum(-1)
+    assert torch.equal(codes, dist.argmin(-1))
+    # Five tight clusters: reconstruction is close.
+    rec = pq.reconstruct(codes)
+    assert ((rec - x) ** 2).sum(1).mean() < 0.01
+    # ADC through lookup tables equals queries against reconstructed gallery vectors.
+    q = torch.randn(9, 16)
+    assert torch.allclose(pq.adc(q, codes), q @ rec.T, atol=1e-5)
+
+
+def test_reconstruction_of_codewords_is_exact_and_fit_is_deterministic():
+    pq = ProductQuantizer(4, 2, 2, codebooks=torch.arange(16.0).view(2, 4, 2))
+    codes = torch.tensor([[0, 3], [2, 1]])
+    rec = pq.reconstruct(codes)
+    assert rec.tolist() == [[0, 1, 14, 15], [4, 5, 10, 11]]
+    assert torch.equal(pq.encode(rec), codes)
+    x = _clustered(dim=8)
+    a = ProductQuantizer(8, 2, 4).fit(x, iters=5, seed=3)
+    b = ProductQuantizer(8, 2, 4).fit(x, iters=5, seed=3)
+    assert torch.equal(a, b)
+
+
+def test_fewer_points_than_codewords_still_fits():
+    pq = ProductQuantizer(8, 2, 8)
+    pq.fit(torch.randn(10, 8), iters=3)
+    assert torch.isfinite(pq.codebooks).all()
+    assert pq.encode(torch.randn(3, 8)).max() < 256
+
+
+def test_quantizer_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        ProductQuantizer(10, 4, 8)
+    with pytest.raises(ValueError):
+        ProductQuantizer(8, 2, 9)
+    with pytest.raises(ValueError):
+        ProductQuantizer(8, 2, 2, codebooks=torch.zeros(2, 3, 4))
+
+
+def test_vocabulary_is_deterministic_and_maps_unknown_words():
+    v = Vocabulary.build(["A dog.", "a cat and a dog"])
+    assert v.words == Vocabulary.build(["a cat and a dog", "A dog."]).words
+    ids = v.ids("a zebra", max_len=10)
+    assert ids[0] == v.index["<start>"] and ids[-1] == v.index["<end>"]
+    assert ids[2] == v.index[UNK]
+    batch = v.batch(["a dog", "a"], max_len=10)
+    assert batch["lengths"].tolist() == [4, 3] and batch["tokens"][1, 3] == 0

@@ -1,0 +1,249 @@
+"""Tiny real training runs on the demo data: checkpoint contract, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loaders.precomp import Split, load_split, write_split
+from meet_milvus.config import load_settings
+from meet_milvus.errors import MeetError
+from training import Encoded, MeetModel, ModelConfig, load_checkpoint
+from training.cli import main
+from training.config import TrainConfig
+from training.quantization import ProductQuantizer
+from training.trainer import train
+
+# Small and fast: the contract's code sizes with a narrow joint space and few k-means steps.
+TINY = dict(embed_size=64, attn_dim=32, pool_heads=2, batch_size=32, kmeans_iters=3, num_epochs=2)
+
+
+def _data_dir(demo_data) -> Path:
+    return Path(getattr(demo_data, "data_dir", demo_data))
+
+
+@pytest.fixture(scope="module")
+def settings(demo_data, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return load_settings(None, data_dir=_data_dir(demo_data), cache_dir=cache, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    return train(TrainConfig(**TINY), settings, output=out, progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> MeetModel:
+    return load_checkpoint(trained.checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dev(settings) -> Split:
+    return load_split(settings.data_dir, "demo", "dev")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {
+        **load_file(str(path / "model.safetensors")),
+        **load_file(str(path / "codebooks.safetensors")),
+    }
+
+
+def _same(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_run_writes_best_and_last_checkpoints_with_logs(trained):
+    out = trained.checkpoint
+    assert [h.epoch for h in trained.history] == [1, 2]
+    assert trained.best_epoch in (1, 2)
+    for d in (out, out / "last"):
+        for f in ("config.json", "model.safetensors", "codebooks.safetensors"):
+            assert (d / f).is_file()
+    assert (out / "last" / "trainer.json").is_file()
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    for h in trained.history:
+        assert set(h.dev) == {"dense", "hash", "pq", "sum"}
+        assert 0 <= h.dev["dense"] <= 600 and h.samples_per_s > 0
+        assert {"rank_dense", "rank_hash", "lf", "lq"} <= set(h.loss)
+    # The test split of the best checkpoint was evaluated after training.
+    assert set(trained.test) == {"dense", "hash", "pq"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["format_version"] == 1 and config["train"]["margin"] == 0.2
+
+
+def test_frozen_text_model_is_referenced_not_copied(model, trained):
+    cfg = model.config
+    assert isinstance(cfg, ModelConfig)
+    assert cfg.text_encoder == "bert" and not cfg.text_finetune
+    assert Path(cfg.text_model).is_dir() and len(cfg.text_model_sha) == 64
+    keys = load_file(str(trained.checkpoint / "model.safetensors")).keys()
+    assert not any(k.startswith("text_encoder.transformer.") for k in keys)
+
+
+def test_encoded_batches_follow_the_contract(model, dev):
+    cfg = model.config
+    assert (cfg.H, cfg.M, cfg.K, cfg.feature_dim) == (64, 8, 8, 1280)
+    images = model.encode_images(dev.images[:5], batch_size=2)
+    texts = model.encode_texts(dev.captions[:7], batch_size=3)
+    for enc, n in ((images, 5), (texts, 7)):
+        assert isinstance(enc, Encoded) and len(enc) == n
+        assert enc.dense.shape == (n, cfg.embed_dim) and enc.dense.dtype == np.float32
+        assert np.allclose(np.linalg.norm(enc.dense, axis=1), 1, atol=1e-5)
+        assert enc.head.shape == (n, 64) and enc.head.dtype == np.float32
+        assert np.all(np.abs(enc.head) < 1)
+        assert enc.hash_codes.dtype == np.uint8 and enc.hash_codes.shape == (n, 8)
+        assert np.array_equal(enc.hash_codes, np.packbits(enc.head > 0, axis=1))
+        assert enc.pq_codes.dtype == np.uint8 and enc.pq_codes.shape == (n, 8)
+        # Each PQ code is the nearest codeword of its sub-space.
+        parts = enc.head.reshape(n, 8, 8)
+        dist = ((parts[:, :, None, :] - model.codebooks[None]) ** 2).sum(-1)
+        assert np.array_equal(enc.pq_codes, dist.argmin(-1))
+        rec = model.pq_reconstruct(enc.pq_codes)
+        assert rec.shape == (n, 64) and rec.dtype == np.float32
+    assert model.codebooks.shape == (8, 256, 8) and model.codebooks.dtype == np.float32
+    # Batch size does not change the result; (N, D) pooled features are accepted too.
+    again = model.encode_images(dev.images[:5], batch_size=5)
+    assert np.allclose(again.dense, images.dense, atol=1e-5)
+    pooled = model.encode_images(dev.images[:2].astype(np.float32).mean(1))
+    assert pooled.dense.shape == (2, cfg.embed_dim)
+    assert len(model.encode_texts([])) == 0
+
+
+def test_fingerprint_is_stable_across_reloads(model, trained, dev):
+    again = load_checkpoint(trained.checkpoint, device="cpu")
+    assert again.config.fingerprint == model.config.fingerprint
+    assert len(model.config.fingerprint) == 16
+    a = model.encode_texts(dev.captions[:4])
+    b = again.encode_texts(dev.captions[:4])
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.pq_codes, b.pq_codes)
+    last = load_checkpoint(trained.checkpoint / "last", device="cpu")
+    if trained.best_epoch != 2:
+        assert last.config.fingerprint != model.config.fingerprint
+
+
+def test_raw_image_files_encode_like_their_features(model, dev):
+    if not dev.image_paths:
+        pytest.skip("the demo split names no image files")
+    files = model.encode_image_files(dev.image_paths[:3])
+    feats = model.encode_images(dev.images[:3])
+    # The split stores the same extractor's features in float16.
+    assert np.all((files.dense * feats.dense).sum(1) > 0.99)
+
+
+def test_cached_token_states_encode_like_the_live_transformer(trained, settings, dev):
+    from training.checkpoint import load_network
+    from training.text_cache import TokenStateCache
+
+    net, quantizer, config = load_network(trained.checkpoint)
+    cache = TokenStateCache.build(
+        net.text_encoder,
+        dev.captions[:6],
+        settings.cache_dir,
+        config.text_model_sha,
+        progress=False,
+    )
+    live = MeetModel(net, quantizer, config, "cpu").encode_texts(dev.captions[:6])
+    cached = MeetModel(net, quantizer, config, "cpu", text_batcher=cache.lookup)
+    assert np.allclose(cached.encode_texts(dev.captions[:6]).dense, live.dense, atol=1e-5)
+
+
+def test_cpu_training_is_deterministic_and_resume_is_exact(trained, settings, tmp_path):
+    one = TrainConfig(**{**TINY, "num_epochs": 1})
+    quiet = dict(progress=False, log=lambda _: None)
+    a = train(one, settings, output=tmp_path / "a", **quiet)
+    # The second run goes through the CLI.
+    args = [f"--{k}={v}" for k, v in TINY.items() if k != "num_epochs"]
+    main(
+        [*args, "--num_epochs=1", f"--data-dir={settings.data_dir}",
+         f"--cache-dir={settings.cache_dir}", f"--output={tmp_path / 'b'}", "--quiet"]
+    )  # fmt: skip
+    assert _same(a.checkpoint / "last", tmp_path / "b" / "last")
+    other = train(one.model_copy(update={"seed": 1}), settings, output=tmp_path / "c", **quiet)
+    assert not _same(a.checkpoint / "last", other.checkpoint / "last")
+    # Resuming the 1-epoch run to 2 epochs gives exactly the uninterrupted 2-epoch run.
+    resumed = train(TrainConfig(**TINY), settings, resume=a.checkpoint, **quiet)
+    assert resumed.checkpoint == a.checkpoint
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert _same(a.checkpoint / "last", trained.checkpoint / "last")
+
+
+def test_bad_input_is_one_clear_error(model, trained, tmp_path):
+    with pytest.raises(MeetError, match="dim 2048.*expects 1280"):
+        model.encode_images(np.zeros((2, 49, 2048), np.float32))
+    with pytest.raises(MeetError, match="caption 1: empty"):
+        model.encode_texts(["a cat", "   "])
+    with pytest.raises(MeetError, match="PQ codes of shape"):
+        model.pq_reconstruct(np.zeros((2, 3), np.uint8))
+    with pytest.raises(MeetError, match="no such directory"):
+        load_checkpoint(tmp_path / "nowhere")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained.checkpoint, ckpt, ignore=shutil.ignore_patterns("last", "tb"))
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(MeetError, match="format version 99"):
+        load_checkpoint(ckpt)
+    (ckpt / "config.json").write_text(json.dumps({**config, "fingerprint": "0" * 16}))
+    with pytest.raises(MeetError, match="fingerprint"):
+        load_checkpoint(ckpt)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(MeetError, match="model.safetensors missing"):
+        load_checkpoint(ckpt)
+
+
+def _run_cli(capsys, *args) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    return exit_.value.code, capsys.readouterr().err.strip()
+
+
+def test_cli_user_errors_are_one_line_with_exit_2(capsys, settings, tmp_path):
+    code, err = _run_cli(capsys, "--H", "12", f"--data-dir={settings.data_dir}")
+    assert code == 2 and err.startswith("error: H=12 must be a multiple of 8") and "\n" not in err
+    code, err = _run_cli(capsys, "--margin", "x", f"--data-dir={settings.data_dir}")
+    assert code == 2 and err.startswith("error:") and "margin" in err and "\n" not in err
+    code, err = _run_cli(capsys, "--num_epochs", "0", f"--data-dir={settings.data_dir}")
+    assert code == 2 and err.startswith("error: --num_epochs") and "\n" not in err
+    code, err = _run_cli(capsys, "--nope")
+    assert code == 2 and err.startswith("error:") and "\n" not in err
+    code, err = _run_cli(capsys, "--data_name", "nothing", f"--data-dir={tmp_path}")
+    assert code == 2 and "nothing" in err and "\n" not in err
+    code, err = _run_cli(capsys, "--resume", str(tmp_path), f"--data-dir={tmp_path}")
+    assert code == 2 and "resume" in err and "\n" not in err
+    code, err = _run_cli(capsys, "--objective", "nope", f"--data-dir={settings.data_dir}")
+    assert code == 2 and "objective" in err and "\n" not in err
+
+
+def test_training_refuses_mismatched_or_empty_splits(settings, tmp_path, capsys):
+    train_split = load_split(settings.data_dir, "demo", "train")
+    write_split(tmp_path, Split("odd", "train", train_split.images[:10], train_split.captions[:50],
+                                train_split.caption_image[:50]))  # fmt: skip
+    write_split(tmp_path, Split("odd", "dev", np.zeros((4, 49, 64), np.float16),
+                                ["a cat"] * 4, np.arange(4)))  # fmt: skip
+    code, err = _run_cli(capsys, "--data_name", "odd", f"--data-dir={tmp_path}")
+    assert code == 2 and "dev features have dim 64" in err
+    root = tmp_path / "empty_precomp"
+    root.mkdir()
+    np.save(root / "train_ims.npy", np.zeros((0, 49, 1280), np.float16))
+    (root / "train_caps.txt").write_text("")
+    code, err = _run_cli(capsys, "--data_name", "empty", f"--data-dir={tmp_path}")
+    assert code == 2 and "train" in err and "\n" not in err
+
+
+def test_pq_of_a_checkpoint_scores_like_reconstruction(model, dev):
+    q = model.encode_texts(dev.captions[:3])
+    g = model.encode_images(dev.images[:6])
+    pq = ProductQuantizer(64, 8, 8, torch.from_numpy(model.codebooks))
+    adc = pq.adc(torch.from_numpy(q.head), torch.from_numpy(g.pq_codes.astype(np.int64)))
+    assert np.allclose(adc.numpy(), q.head @ model.pq_reconstruct(g.pq_codes).T, atol=1e-5)

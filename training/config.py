@@ -1,0 +1,90 @@
+"""Hyper-parameters: a training run (TrainConfig) and what a checkpoint holds (ModelConfig)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FORMAT_VERSION = 1
+
+
+class TrainConfig(BaseModel):
+    """Every hyper-parameter of a run; the defaults are the demo configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_name: str = "demo"
+    objective: str = "meet"
+    # Encoders. The demo default is the frozen pretrained MiniLM: dev/test stamps are unseen in
+    # training, so a BiGRU vocabulary built on train captions misses their words (measured).
+    text_encoder: Literal["bigru", "bert"] = "bert"
+    text_model: str | None = Field(None, description="BERT-family dir; None = offline MiniLM")
+    text_finetune: bool = False
+    text_lr: float = 2e-5
+    max_text_len: int = Field(40, ge=4)
+    word_dim: int = Field(300, ge=1)
+    embed_size: int = Field(1024, ge=8)
+    attn_dim: int = Field(256, ge=1, description="width of the attention-pooling scorer")
+    pool_heads: int = Field(4, ge=1, description="attention-pooling heads")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # Codes.
+    H: int = Field(64, ge=8)
+    M: int = Field(8, ge=1)
+    K: int = Field(8, ge=1, le=8)
+    kmeans_iters: int = Field(25, ge=1)
+    # Objective.
+    margin: float = 0.2
+    max_violation: bool = True
+    beta1: float = Field(1.0, ge=0, description="weight of L_f (similarity preservation)")
+    beta2: float = Field(0.1, ge=0, description="weight of L_q (quantization)")
+    lf: bool = True
+    lq: bool = True
+    filter: bool = True
+    reweight: bool = True
+    filter_margin: float = Field(0.1, description="drop negatives this far above the positive")
+    filter_warmup: int = Field(1, ge=0, description="epochs before the similarity filter acts")
+    temperature: float = Field(0.1, gt=0, description="hardness softmax temperature")
+    # Optimisation.
+    num_epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=2)
+    learning_rate: float = Field(2e-4, gt=0)
+    learning_hash_rate: float | None = Field(
+        None, gt=0, description="learning rate of the hash heads (None: learning_rate)"
+    )
+    lr_update: int = Field(15, ge=1)
+    grad_clip: float = 2.0
+    workers: int = Field(0, ge=0)
+    seed: int = 0
+    select: Literal["dense", "sum"] = "sum"
+
+    @model_validator(mode="after")
+    def _dims(self) -> TrainConfig:
+        if self.H % 8:
+            raise ValueError(f"H={self.H} must be a multiple of 8 (codes are packed into bytes)")
+        if self.H % self.M:
+            raise ValueError(f"H={self.H} must be divisible by M={self.M}")
+        return self
+
+
+class ModelConfig(BaseModel):
+    """A checkpoint's config.json: dims, encoders, codes and the run's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    fingerprint: str = ""
+    H: int
+    M: int
+    K: int
+    embed_dim: int
+    feature_dim: int
+    text_encoder: Literal["bigru", "bert"]
+    text_model: str | None = None  # path of the BERT-family model (frozen weights live there)
+    text_model_sha: str | None = None  # content hash of that model's weights
+    text_finetune: bool = False
+    vocab_size: int | None = None
+    max_text_len: int
+    epoch: int = 0
+    scores: dict[str, float] = Field(default_factory=dict)  # dev rSums of this checkpoint
+    train: TrainConfig

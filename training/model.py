@@ -1,0 +1,165 @@
+"""The inference API: a trained MEET model encoding texts and images into vectors and codes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from meet_milvus.errors import MeetError
+from training.config import ModelConfig
+from training.data import TextBatcher
+from training.hashing import pack_codes
+from training.network import MeetNet
+from training.quantization import ProductQuantizer
+
+
+@dataclass
+class Encoded:
+    """A batch of items in every representation the runtime stores or scores."""
+
+    dense: np.ndarray  # (N, embed_dim) float32, l2-normalised: cosine = dot
+    head: np.ndarray  # (N, H) float32 hash-head outputs in (-1, 1)
+    hash_codes: np.ndarray  # (N, H // 8) uint8, np.packbits(head > 0, axis=1)
+    pq_codes: np.ndarray  # (N, M) uint8: nearest codeword per sub-space of `head`
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+
+class MeetModel:
+    """Encoders, hash heads and PQ codebooks of one checkpoint, on one device.
+
+    Built by `training.load_checkpoint`; the trainer also wraps its live network in one to
+    validate. `text_batcher` overrides how captions become encoder inputs (the trainer's cache).
+    """
+
+    def __init__(
+        self,
+        net: MeetNet,
+        quantizer: ProductQuantizer,
+        config: ModelConfig,
+        device: str,
+        text_batcher: TextBatcher | None = None,
+        source: Path | None = None,
+    ) -> None:
+        self.net = net
+        self.quantizer = quantizer
+        self.config = config
+        self.device = device
+        self.source = source
+        self._text_batcher = text_batcher or net.text_encoder.tokenize
+
+    @property
+    def codebooks(self) -> np.ndarray:
+        """(M, 2**K, H // M) float32, one set shared by both modalities."""
+        return self.quantizer.codebooks.detach().cpu().numpy().astype(np.float32)
+
+    @property
+    def max_text_len(self) -> int:
+        """Tokens a caption keeps; longer captions are truncated."""
+        return self.config.max_text_len
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per caption before truncation (compare with `max_text_len`)."""
+        return self.net.text_encoder.count_tokens(list(texts))
+
+    def _name(self) -> str:
+        return f"checkpoint {self.source}" if self.source else "model"
+
+    def encode_texts(
+        self, texts: list[str], batch_size: int = 128, progress: bool = False
+    ) -> Encoded:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise MeetError(f"caption {i}: expected a string, got {type(t).__name__}")
+            if not t.strip():
+                raise MeetError(f"caption {i}: empty text")
+        return self._encode(
+            len(texts),
+            batch_size,
+            progress,
+            "texts",
+            lambda s, e: self.net.encode_text(
+                {k: v.to(self.device) for k, v in self._text_batcher(texts[s:e]).items()}
+            ),
+        )
+
+    def encode_images(
+        self, features: np.ndarray, batch_size: int = 128, progress: bool = False
+    ) -> Encoded:
+        features = np.asarray(features)
+        if features.ndim not in (2, 3):
+            raise MeetError(
+                f"image features of shape {features.shape}: expected (N, R, D) or (N, D)"
+            )
+        if features.shape[-1] != self.config.feature_dim:
+            raise MeetError(
+                f"image features have dim {features.shape[-1]}, {self._name()} expects "
+                f"{self.config.feature_dim}"
+            )
+        if not np.issubdtype(features.dtype, np.floating):
+            raise MeetError(f"image features of dtype {features.dtype}: expected floats")
+
+        def run(s: int, e: int):
+            x = torch.from_numpy(np.ascontiguousarray(features[s:e], dtype=np.float32))
+            return self.net.encode_image(x.to(self.device))
+
+        return self._encode(len(features), batch_size, progress, "images", run)
+
+    def encode_image_files(
+        self, paths: list, batch_size: int = 32, progress: bool = False
+    ) -> Encoded:
+        """Raw images through the grid-feature extractor (EfficientNet-lite0 7x7x1280)."""
+        from loaders.features import GridFeatureExtractor
+        from meet_milvus.config import load_settings
+
+        paths = [paths] if isinstance(paths, str | Path) else list(paths)
+        if not paths:
+            return self.encode_images(np.zeros((0, self.config.feature_dim), np.float32))
+        extractor = GridFeatureExtractor(device=self.device, cache_dir=load_settings().cache_dir)
+        features = extractor.extract(paths, batch_size=batch_size, progress=progress)
+        return self.encode_images(features, batch_size=128, progress=progress)
+
+    def pq_reconstruct(self, pq_codes: np.ndarray) -> np.ndarray:
+        """(N, M) codes -> (N, H) float32 codeword concatenations."""
+        codes = np.asarray(pq_codes)
+        if codes.ndim != 2 or codes.shape[1] != self.config.M:
+            raise MeetError(f"PQ codes of shape {codes.shape}: expected (N, {self.config.M})")
+        if codes.size and (codes.min() < 0 or codes.max() >= 2**self.config.K):
+            raise MeetError(f"PQ codes out of range 0..{2**self.config.K - 1}")
+        out = self.quantizer.reconstruct(torch.from_numpy(codes.astype(np.int64)))
+        return out.cpu().numpy().astype(np.float32)
+
+    def _encode(self, n: int, batch_size: int, progress: bool, unit: str, run) -> Encoded:
+        if batch_size < 1:
+            raise MeetError(f"batch_size={batch_size}: must be at least 1")
+        dense, head = [], []
+        with self._inference():
+            for s in tqdm(range(0, n, batch_size), desc=f"encode {unit}", disable=not progress):
+                d, h = run(s, min(n, s + batch_size))
+                dense.append(d.float().cpu())
+                head.append(h.float().cpu())
+        c = self.config
+        d = torch.cat(dense).numpy() if dense else np.zeros((0, c.embed_dim), np.float32)
+        h = torch.cat(head).numpy() if head else np.zeros((0, c.H), np.float32)
+        codes = self.quantizer.encode(torch.from_numpy(h)).cpu().numpy().astype(np.uint8)
+        return Encoded(dense=d, head=h, hash_codes=pack_codes(h), pq_codes=codes)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        was_training = self.net.training
+        self.net.eval()
+        cuda = str(self.device).startswith("cuda")
+        amp = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+        try:
+            with torch.no_grad(), amp:
+                yield
+        finally:
+            self.net.train(was_training)

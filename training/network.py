@@ -1,0 +1,85 @@
+"""The trainable network: image and text encoders into the joint space, a hash head per modality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from training.config import ModelConfig
+from training.encoders import BertTextEncoder, BiGRUTextEncoder, ImageEncoder, load_transformer
+from training.hashing import HashHead
+from training.vocab import Vocabulary
+
+TRANSFORMER_PREFIX = "text_encoder.transformer."
+
+
+@dataclass
+class Outputs:
+    """A batch's embeddings: dense (B, E) unit vectors and hash-head outputs (B, H) in (-1, 1)."""
+
+    img_dense: Tensor
+    txt_dense: Tensor
+    img_head: Tensor
+    txt_head: Tensor
+
+
+class MeetNet(nn.Module):
+    """Encoders + hash heads. The heads read the dense embedding detached (as the reference), so
+    the code objectives shape the codes without pulling the dense space."""
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embed: int, bits: int):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.image_head = HashHead(embed, bits)
+        self.text_head = HashHead(embed, bits)
+        # Both heads start from the same random hyperplanes (SimHash): image and text codes of
+        # close embeddings agree from the first step; training then lets them diverge.
+        self.text_head.load_state_dict(self.image_head.state_dict())
+
+    def encode_image(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        dense = self.image_encoder(features)
+        return dense, self.image_head(dense.detach())
+
+    def encode_text(self, text: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        dense = self.text_encoder(**text)
+        return dense, self.text_head(dense.detach())
+
+    def forward(self, images: Tensor, text: dict[str, Tensor]) -> Outputs:
+        img_dense, img_head = self.encode_image(images)
+        txt_dense, txt_head = self.encode_text(text)
+        return Outputs(img_dense, txt_dense, img_head, txt_head)
+
+    def saved_state(self) -> dict[str, Tensor]:
+        """The weights a checkpoint stores: all but a frozen transformer (its path is stored)."""
+        frozen = isinstance(self.text_encoder, BertTextEncoder) and not self.text_encoder.finetune
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not (frozen and k.startswith(TRANSFORMER_PREFIX))
+        }
+
+
+def build_net(config: ModelConfig, vocab: Vocabulary | None = None) -> MeetNet:
+    """A fresh network for `config` (a BERT-family model is read from config.text_model)."""
+    t = config.train
+    pool = (t.attn_dim, t.pool_heads, t.dropout)
+    image = ImageEncoder(config.feature_dim, config.embed_dim, *pool)
+    if config.text_encoder == "bigru":
+        if vocab is None:
+            raise ValueError("the BiGRU text encoder needs a vocabulary")
+        text: nn.Module = BiGRUTextEncoder(
+            vocab, t.word_dim, config.embed_dim, *pool, config.max_text_len
+        )
+    else:
+        transformer, tokenizer = load_transformer(config.text_model)
+        text = BertTextEncoder(
+            transformer,
+            tokenizer,
+            config.embed_dim,
+            *pool,
+            config.max_text_len,
+            config.text_finetune,
+        )
+    return MeetNet(image, text, config.embed_dim, config.H)

@@ -1,0 +1,413 @@
+"""The training loop: epochs of the objective, PQ refresh, dev validation, best/last checkpoints.
+
+Output directory layout (default {data_dir}/checkpoints/{data_name}):
+    config.json, model.safetensors, ...   the best epoch's checkpoint (load_checkpoint(dir))
+    last/                                  the latest epoch + optimizer state (--resume)
+    tb/                                    TensorBoard logs
+    history.json                           per-epoch losses, dev rSums, times
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from meet_milvus.config import Settings, resolve_device
+from meet_milvus.errors import MeetError
+from training import data as data_mod
+from training.checkpoint import (
+    load_network,
+    load_training_state,
+    read_config,
+    save_checkpoint,
+    save_training_state,
+)
+from training.config import ModelConfig, TrainConfig
+from training.encoders import BertTextEncoder
+from training.evaluate import retrieval_recalls, rsums
+from training.model import MeetModel
+from training.network import TRANSFORMER_PREFIX, MeetNet, build_net
+from training.objectives import StepContext, build_objective
+from training.quantization import ProductQuantizer
+from training.text_cache import TokenStateCache
+from training.text_model import resolve_text_model, text_model_sha
+from training.vocab import Vocabulary
+
+
+@dataclass
+class EpochLog:
+    epoch: int  # 1-based
+    loss: dict[str, float]
+    dev: dict[str, float]  # rSums: dense, hash, pq, sum
+    train_seconds: float
+    epoch_seconds: float
+    samples_per_s: float
+    best: bool = False
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_epoch: int
+    best: dict[str, float]
+    history: list[EpochLog] = field(default_factory=list)
+    seconds: float = 0.0
+    test: dict | None = None  # {"dense"|"hash"|"pq": Recall} of the best checkpoint on test
+
+
+def default_output(settings: Settings, data_name: str) -> Path:
+    return Path(settings.data_dir) / "checkpoints" / data_name
+
+
+def resume_dir(path: Path) -> Path:
+    """A run directory or its `last/`: the one holding the resumable state."""
+    path = Path(path)
+    if (path / "last" / "trainer.json").is_file():
+        return path / "last"
+    if (path / "trainer.json").is_file():
+        return path
+    raise MeetError(f"resume {path}: no resumable run there (expected last/trainer.json)")
+
+
+def resumed_config(path: Path, **overrides) -> TrainConfig:
+    """The saved run's config with `overrides` (e.g. num_epochs) applied."""
+    saved = read_config(resume_dir(path)).train
+    return saved.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        settings: Settings,
+        output: Path | None = None,
+        device: str | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.output = Path(output) if output else default_output(settings, config.data_name)
+        self.output_given = output is not None
+        self.device = resolve_device(device or settings.device)
+        self.cuda = self.device.startswith("cuda")
+        self.progress = progress
+        self.log = log
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def _load_data(self) -> None:
+        c, d = self.config, self.settings.data_dir
+        self.train_split = data_mod.load(d, c.data_name, "train")
+        self.dev_split = data_mod.load(d, c.data_name, "dev")
+        dim = data_mod.feature_dim(self.train_split)
+        if data_mod.feature_dim(self.dev_split) != dim:
+            raise MeetError(
+                f"data set {c.data_name!r}: dev features have dim "
+                f"{data_mod.feature_dim(self.dev_split)}, train features {dim}"
+            )
+        self.pair_index = data_mod.PairIndex(self.train_split)
+
+    def _model_config(self) -> tuple[ModelConfig, Vocabulary | None]:
+        c = self.config
+        vocab, text_model, sha = None, None, None
+        if c.text_encoder == "bigru":
+            vocab = Vocabulary.build(self.train_split.captions)
+        else:
+            path = resolve_text_model(c.text_model or self.settings.text_model)
+            text_model, sha = str(path), text_model_sha(path)
+        mc = ModelConfig(
+            H=c.H,
+            M=c.M,
+            K=c.K,
+            embed_dim=c.embed_size,
+            feature_dim=data_mod.feature_dim(self.train_split),
+            text_encoder=c.text_encoder,
+            text_model=text_model,
+            text_model_sha=sha,
+            text_finetune=c.text_finetune,
+            vocab_size=len(vocab) if vocab else None,
+            max_text_len=c.max_text_len,
+            train=c,
+        )
+        return mc, vocab
+
+    def _optimizer(self, net: MeetNet, objective: torch.nn.Module) -> torch.optim.Optimizer:
+        c = self.config
+        main, heads, text = [], [], []
+        for name, p in net.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith(TRANSFORMER_PREFIX):
+                text.append(p)
+            elif name.startswith(("image_head.", "text_head.")):
+                heads.append(p)
+            else:
+                main.append(p)
+        own = [p for p in objective.parameters() if p.requires_grad]
+        groups = [
+            {"params": main + own, "lr": c.learning_rate},
+            {"params": heads, "lr": c.learning_hash_rate or c.learning_rate},
+        ]
+        if text:
+            groups.append({"params": text, "lr": c.text_lr})
+        self.base_lrs = [g["lr"] for g in groups]
+        return torch.optim.Adam(groups)
+
+    def _text_batcher(self, net: MeetNet):
+        enc = net.text_encoder
+        if isinstance(enc, BertTextEncoder) and not enc.finetune:
+            texts = list(self.train_split.captions) + list(self.dev_split.captions)
+            cache = TokenStateCache.build(
+                enc,
+                texts,
+                self.settings.cache_dir,
+                self.model_config.text_model_sha,
+                device=self.device,
+                progress=self.progress,
+            )
+            return cache.lookup
+        return enc.tokenize
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def run(self, resume: Path | None = None) -> TrainResult:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if not self.cuda:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._run(resume)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+
+    def _run(self, resume: Path | None) -> TrainResult:
+        c = self.config
+        started = time.perf_counter()
+        if c.workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self._load_data()
+        torch.manual_seed(c.seed)
+        objective = build_objective(c).to(self.device)
+        if resume is not None:
+            last = resume_dir(resume)
+            if not self.output_given:
+                self.output = last.parent  # continue the run where it lives
+            net, quantizer, self.model_config = load_network(last, self.device)
+            self.model_config = self.model_config.model_copy(update={"train": c})
+        else:
+            self.model_config, vocab = self._model_config()
+            self.model_config = objective.configure(self.model_config, self.train_split)
+            net = build_net(self.model_config, vocab).to(self.device)
+            quantizer = ProductQuantizer(c.H, c.M, c.K).to(self.device)
+        objective.attach(net, self.train_split, fresh=resume is None)
+        if self.model_config.feature_dim != data_mod.feature_dim(self.train_split):
+            raise MeetError(
+                f"resume {resume}: the model reads features of dim {self.model_config.feature_dim}"
+                f", data set {c.data_name!r} has {data_mod.feature_dim(self.train_split)}"
+            )
+        optimizer = self._optimizer(net, objective)
+        scaler = torch.amp.GradScaler("cuda") if self.cuda else None
+        batcher = self._text_batcher(net)
+        encoder = MeetModel(net, quantizer, self.model_config, self.device, text_batcher=batcher)
+
+        start_epoch, best, best_epoch, history = 0, None, 0, []
+        if resume is not None:
+            state = load_training_state(last, optimizer, objective)
+            start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
+            history = [EpochLog(**h) for h in state["history"]]
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            self.log(f"resumed from {last} after epoch {start_epoch}")
+        else:
+            shutil.rmtree(self.output / "tb", ignore_errors=True)
+            self._refresh_codebooks(encoder, quantizer, epoch=-1)
+
+        self.output.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(self.output / "tb"))
+        self.log(
+            f"training {c.objective} on {c.data_name}: {self.train_split.n_images} images, "
+            f"{self.train_split.n_captions} captions, text {c.text_encoder}, device {self.device}"
+        )
+        try:
+            for epoch in range(start_epoch, c.num_epochs):
+                t0 = time.perf_counter()
+                loss, seconds, samples = self._train_epoch(
+                    epoch, net, objective, quantizer, optimizer, scaler, batcher, tb
+                )
+                objective.on_epoch_end(net, epoch)
+                self._refresh_codebooks(encoder, quantizer, epoch)
+                dev = rsums(self._recalls(encoder, self.dev_split))
+                is_best = best is None or dev[c.select] > best[c.select]
+                entry = EpochLog(
+                    epoch=epoch + 1,
+                    loss=loss,
+                    dev=dev,
+                    train_seconds=seconds,
+                    epoch_seconds=time.perf_counter() - t0,
+                    samples_per_s=samples / max(seconds, 1e-9),
+                    best=is_best,
+                )
+                history.append(entry)
+                for k, v in dev.items():
+                    tb.add_scalar(f"dev/rsum_{k}", v, epoch + 1)
+                tb.add_scalar("train/samples_per_s", entry.samples_per_s, epoch + 1)
+                mc = self.model_config.model_copy(update={"epoch": epoch + 1, "scores": dev})
+                if is_best:
+                    best, best_epoch = dev, epoch + 1
+                    save_checkpoint(self.output, net, quantizer, mc)
+                last = self.output / "last"
+                save_checkpoint(last, net, quantizer, mc)
+                save_training_state(
+                    last,
+                    optimizer,
+                    objective,
+                    {
+                        "epoch": epoch + 1,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "history": [asdict(h) for h in history],
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                    },
+                )
+                (self.output / "history.json").write_text(
+                    json.dumps([asdict(h) for h in history], indent=2)
+                )
+                self.log(
+                    f"epoch {epoch + 1}/{c.num_epochs}: loss {loss['total']:.3f}  dev rSum "
+                    f"dense {dev['dense']:.1f}  hash {dev['hash']:.1f}  pq {dev['pq']:.1f}"
+                    f"{'  (best)' if is_best else ''}  [{entry.epoch_seconds:.0f}s, "
+                    f"{entry.samples_per_s:.0f} samples/s]"
+                )
+        finally:
+            tb.close()
+        result = TrainResult(
+            checkpoint=self.output,
+            best_epoch=best_epoch,
+            best=best or {},
+            history=history,
+            seconds=time.perf_counter() - started,
+        )
+        result.test = self._test(result)
+        return result
+
+    def _train_epoch(self, epoch, net, objective, quantizer, optimizer, scaler, batcher, tb):
+        c = self.config
+        decay = 0.1 ** (epoch // c.lr_update)
+        for group, lr in zip(optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr * decay
+        # Seeds per epoch: a resumed run replays exactly what an uninterrupted one does.
+        torch.manual_seed(c.seed * 1000 + epoch)
+        loader = data_mod.train_loader(
+            self.train_split,
+            self.pair_index,
+            batcher,
+            c.batch_size,
+            c.workers,
+            seed=c.seed * 1000 + epoch,
+            pin_memory=self.cuda,
+        )
+        net.train()
+        objective.train()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        sums: dict[str, float] = {}
+        steps, samples, seconds = 0, 0, 0.0
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.cuda else contextlib.nullcontext()
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{c.num_epochs}", disable=not self.progress, leave=False
+        )
+        base_step = epoch * len(loader)
+        t0 = time.perf_counter()
+        for batch in bar:
+            batch = batch.to(self.device)
+            with amp:
+                out = net(batch.images, batch.text)
+            ctx = StepContext(epoch=epoch, step=base_step + steps, net=net, quantizer=quantizer)
+            res = objective(out, batch, ctx)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(res.total).backward()
+                scaler.unscale_(optimizer)
+            else:
+                res.total.backward()
+            if c.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            objective.after_step(net)
+            parts = {"total": float(res.total.detach()), **res.parts}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+                tb.add_scalar(f"train/{k}", v, base_step + steps)
+            steps += 1
+            samples += len(batch)
+            bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        bar.close()
+        return {k: v / max(steps, 1) for k, v in sums.items()}, seconds, samples
+
+    def _refresh_codebooks(self, encoder: MeetModel, quantizer: ProductQuantizer, epoch: int):
+        """k-means per sub-space on the training split's head outputs of both modalities; warm
+        started from the previous codebooks after the first fit."""
+        split = self.train_split
+        heads = np.concatenate(
+            [encoder.encode_images(split.images).head, encoder.encode_texts(split.captions).head]
+        )
+        quantizer.fit(
+            torch.from_numpy(heads),
+            iters=self.config.kmeans_iters,
+            seed=self.config.seed * 1000 + epoch + 1,
+            warm_start=epoch >= 0,
+        )
+
+    def _recalls(self, encoder: MeetModel, split) -> dict:
+        images = encoder.encode_images(split.images)
+        texts = encoder.encode_texts(split.captions)
+        return retrieval_recalls(images, texts, encoder.codebooks, split.caption_image)
+
+    def _test(self, result: TrainResult) -> dict | None:
+        """The best checkpoint, reloaded from disk, on the test split (when there is one)."""
+        from training.checkpoint import load_checkpoint
+
+        try:
+            test = data_mod.load(self.settings.data_dir, self.config.data_name, "test")
+        except MeetError as e:
+            self.log(f"no test evaluation: {e}")
+            return None
+        model = load_checkpoint(result.checkpoint, self.device)
+        recalls = self._recalls(model, test)
+        r = rsums(recalls)
+        self.log(
+            f"test rSum (best epoch {result.best_epoch}): dense {r['dense']:.1f}  "
+            f"hash {r['hash']:.1f}  pq {r['pq']:.1f}"
+        )
+        return recalls
+
+
+def train(
+    config: TrainConfig,
+    settings: Settings,
+    output: Path | None = None,
+    resume: Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `config` on settings.data_dir; returns where the best checkpoint is and the history."""
+    return Trainer(config, settings, output, device, progress, log).run(resume)
