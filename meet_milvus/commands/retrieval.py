@@ -1,3 +1,145 @@
 """`meet-milvus load | search | eval`: codes into Milvus and queries through the cascade."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from meet_milvus.errors import MeetError
+
+
+def _settings():
+    return click.get_current_context().obj.settings
+
+
+@click.command("load")
+@click.option("--collection", required=True, help="gallery name in Milvus, e.g. coco")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="trained MEET checkpoint dir")
+@click.option("--data", help="data set name under the data dir [the collection name]")
+@click.option("--split", default="test", show_default=True, help="split loaded as the gallery")
+@click.option("--drop", is_flag=True, help="drop the gallery's collections and rebuild them")
+@click.option("--neighbours", default=32, show_default=True, help="k of the re-ranking statistics")
+@click.option("--batch-size", default=128, show_default=True, help="encoding batch size")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def load(collection, checkpoint, data, split, drop, neighbours, batch_size, quiet) -> None:
+    """Encode a data split and load its codes, embeddings and sources into Milvus."""
+    from loaders.milvus_loader import load as load_gallery
+
+    report = load_gallery(
+        _settings(), collection, checkpoint=checkpoint, data=data, split=split, drop=drop,
+        neighbours=neighbours, batch_size=batch_size, progress=not quiet, echo=click.echo,
+    )  # fmt: skip
+    for line in report.lines():
+        click.echo(line)
+
+
+def _searcher(collection: str, checkpoint: Path | None, **overrides):
+    from meet_milvus.searcher import MeetSearcher
+
+    return MeetSearcher(collection, checkpoint=checkpoint, settings=_settings(), **overrides)
+
+
+@click.command("search")
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(path_type=Path), help="find captions for this image")
+@click.option("--collection", required=True, help="gallery name in Milvus")
+@click.option("-k", "k", default=10, show_default=True, help="results")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
+@click.option("--no-rerank", is_flag=True, help="skip consistency/complementarity re-ranking")
+@click.option("--diagnostics", is_flag=True, help="show each result's rank after every stage")
+def search(text, image, collection, k, checkpoint, no_rerank, diagnostics) -> None:
+    """Images for TEXT, or captions for --image, as a table (rank, score, source)."""
+    from meet_milvus.searcher import check_k
+
+    if (text is None) == (image is None):
+        raise MeetError("search: give a TEXT or --image PATH (one of them)")
+    check_k(k)
+    if text is not None and not text.strip():
+        raise MeetError("query 0: the text is empty")  # before the slow model load
+    searcher = _searcher(collection, checkpoint, **({"rerank": False} if no_rerank else {}))
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if text is not None:
+            hits = searcher.search(text, k=k, diagnostics=diagnostics)
+        else:
+            hits = searcher.search_image(image, k=k, diagnostics=diagnostics)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    ms = 1000 * (time.perf_counter() - start)
+    stages = list(hits[0].stages) if diagnostics and hits else []
+    click.echo(" | ".join(["rank", "score", *(f"{s} rank" for s in stages), "source"]))
+    for rank, hit in enumerate(hits, 1):
+        ranks = [str(hit.stages[s].rank or "-") for s in stages] if stages else []
+        click.echo(" | ".join([f"{rank:>4}", f"{hit.score:.4f}", *ranks, hit.source]))
+    click.echo(f"({len(hits)} results from '{collection}' in {ms:.0f} ms)", err=True)
+
+
+@click.command("eval")
+@click.option("--collection", required=True, help="gallery name in Milvus")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking"]),
+    help="methods to run [all]",
+)
+@click.option("--pq-mode", type=click.Choice(["adc", "milvus"]), help="quantized stage [adc]")
+@click.option("--tune", is_flag=True, help="grid-search alpha, beta, z (on a dev gallery)")
+@click.option("--batch-size", default=256, show_default=True, help="queries per request")
+def evaluate(collection, checkpoint, methods, pq_mode, tune, batch_size) -> None:
+    """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
+    from loaders.milvus_loader import encode_split
+    from loaders.precomp import load_split
+    from meet_milvus import milvus_eval
+    from meet_milvus.evaluation import format_table
+
+    settings = _settings()
+    searcher = _searcher(collection, checkpoint, **({"pq_mode": pq_mode} if pq_mode else {}))
+    meta = searcher.gallery.meta["image"]
+    data, split_name = meta.source.rsplit("/", 1)
+    split = load_split(settings.data_dir, data, split_name)
+    rows = (searcher.gallery.rows("image"), searcher.gallery.rows("text"))
+    if rows != (split.n_images, split.n_captions):
+        raise MeetError(
+            f"collection '{collection}': holds {rows[0]} images and {rows[1]} captions but "
+            f"{meta.source} has {split.n_images} and {split.n_captions}; reload it"
+        )
+    images, texts = encode_split(searcher.model, split, settings.cache_dir, 128, False)
+    queries = {"i2t": images, "t2i": texts}
+    click.echo(
+        f"{meta.source}: {split.n_images} images, {split.n_captions} captions; "
+        f"gallery '{collection}', model {meta.fingerprint[:12]}"
+    )
+    if tune:
+        if split_name.startswith("test"):
+            click.echo("warning: tuning on a test split; tune on dev and report test", err=True)
+        results = milvus_eval.tune_rerank(searcher, split, queries, batch=batch_size)
+        baseline = next(r for r in results if r.alpha == 0 and r.beta == 0)
+        click.echo(f"re-ranking off: rSum {baseline.rsum:.1f}")
+        click.echo("| alpha | beta | z | rSum |\n|---:|---:|---:|---:|")
+        for r in results[:10]:
+            click.echo(f"| {r.alpha:g} | {r.beta:g} | {r.z} | {r.rsum:.1f} |")
+        return
+    names = list(methods) or list(milvus_eval.METHODS)
+    results = [milvus_eval.run_method(searcher, name, split, queries, batch_size) for name in names]
+    click.echo(format_table({r.name: r.recall for r in results}))
+    click.echo("")
+    click.echo(format_stages_header(searcher, batch_size))
+    click.echo(milvus_eval.format_stages(results))
+
+
+def format_stages_header(searcher, batch_size: int) -> str:
+    c = searcher.config
+    return (
+        f"stages (batches of {batch_size} queries; hash keeps {c.hash_keep_images} of images / "
+        f"{c.hash_keep_texts} of texts, PQ ({c.pq_mode}) keeps {c.pq_keep_images} / "
+        f"{c.pq_keep_texts} of those; re-ranking alpha={c.alpha} beta={c.beta} z={c.z}):"
+    )
+
+
+COMMANDS = [load, search, evaluate]

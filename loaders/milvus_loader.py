@@ -1,0 +1,374 @@
+"""Put a trained MEET model's gallery into Milvus: codes, embeddings, sources and the
+re-ranker's per-item statistics (layout in meet_milvus.collections).
+
+Idempotent and resumable without upserts: an item's primary key is its position in the source
+split, rows go in in key order, and a load first counts what each collection already holds
+(keys 0..n-1) and inserts only the rest. The final counts are checked against the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from meet_milvus import collections as cols
+from meet_milvus import milvus_arrays
+from meet_milvus.collections import MODALITIES, GalleryMeta, Layout, Modality
+from meet_milvus.errors import MeetError
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+    from loaders.precomp import Split
+    from meet_milvus.config import Settings
+    from training import Encoded, MeetModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NEIGHBOURS = 32  # k of the stored reverse-neighbour statistics
+MAX_BATCH_ROWS = 4096
+
+
+@dataclass
+class Items:
+    """One modality's rows, in primary-key order."""
+
+    encoded: Encoded
+    source: list[str]
+    external_id: list[str]
+    image: np.ndarray  # (n,) int64: the image each item shows
+    neighbours: np.ndarray  # (n, k) float32: top-k similarities to the other modality, desc
+
+    def __len__(self) -> int:
+        return len(self.encoded.dense)
+
+    def row(self, i: int, fields: list[str]) -> dict:
+        e = self.encoded
+        values = {
+            "hash": lambda: e.hash_codes[i].tobytes(),
+            "head": lambda: e.head[i],
+            "codes": lambda: e.pq_codes[i].astype(np.int64).tolist(),
+            "dense": lambda: e.dense[i],
+            "source": lambda: _clip(self.source[i]),
+            "external_id": lambda: _clip(self.external_id[i]),
+            "image": lambda: int(self.image[i]),
+            "neighbours": lambda: self.neighbours[i].tolist(),
+        }
+        return {"id": i, **{f: values[f]() for f in fields}}
+
+
+@dataclass
+class LoadReport:
+    """What a load did: per collection the rows found before, inserted, and finally held."""
+
+    gallery: str
+    layout: str
+    before: dict[str, int] = field(default_factory=dict)
+    inserted: dict[str, int] = field(default_factory=dict)
+    final: dict[str, int] = field(default_factory=dict)
+    expected: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"gallery '{self.gallery}' ({self.layout} layout), {self.seconds:.1f} s"]
+        for name, rows in self.final.items():
+            out.append(
+                f"  {name}: {rows} rows (source {self.expected[name]}; had {self.before[name]}, "
+                f"inserted {self.inserted[name]}) ok"
+            )
+        return out
+
+
+def neighbour_stats(items: np.ndarray, others: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Each item's k highest similarities to `others` (both l2-normalised), descending."""
+    k = max(1, min(k, len(others)))
+    out = np.empty((len(items), k), dtype=np.float32)
+    others = np.ascontiguousarray(others, dtype=np.float32)
+    for s in range(0, len(items), chunk):
+        sims = items[s : s + chunk].astype(np.float32) @ others.T
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:] if k < sims.shape[1] else sims
+        out[s : s + chunk] = -np.sort(-top, axis=1)
+    return out
+
+
+def split_items(
+    split: Split, images: Encoded, texts: Encoded, neighbours: int = DEFAULT_NEIGHBOURS
+) -> dict[Modality, Items]:
+    """The rows of both modalities of a data split, with their re-ranking statistics."""
+    where = f"{split.name}/{split.split}"
+    paths = split.image_paths
+    image_names = [Path(p).name for p in paths] if paths else None
+    return {
+        "image": Items(
+            encoded=images,
+            source=list(paths) if paths else [f"{where} image {i}" for i in range(split.n_images)],
+            external_id=image_names or [f"{where}/image/{i}" for i in range(split.n_images)],
+            image=np.arange(split.n_images, dtype=np.int64),
+            neighbours=neighbour_stats(images.dense, texts.dense, neighbours),
+        ),
+        "text": Items(
+            encoded=texts,
+            source=list(split.captions),
+            external_id=[f"{where}/caption/{c}" for c in range(split.n_captions)],
+            image=np.asarray(split.caption_image, dtype=np.int64),
+            neighbours=neighbour_stats(texts.dense, images.dense, neighbours),
+        ),
+    }
+
+
+def write_gallery(
+    client: MilvusClient,
+    gallery: str,
+    items: dict[Modality, Items],
+    *,
+    fingerprint: str,
+    H: int,
+    M: int,
+    K: int,
+    source: str,
+    checkpoint: str = "",
+    drop: bool = False,
+    layout: Layout | None = None,
+    progress: bool = True,
+) -> LoadReport:
+    """Create the gallery's collections (or find them), insert the rows they lack, verify.
+
+    Refuses to add to a gallery built from another model or source (`drop` rebuilds it).
+    """
+    from meet_milvus.server import server_version
+
+    cols.check_name(gallery)
+    start = time.perf_counter()
+    if drop:
+        for name in cols.drop(client, gallery):
+            log.info("dropped %s", name)
+    layout = cols.find_layout(client, gallery) or layout
+    layout = layout or Layout.for_version(server_version(client))
+    report = LoadReport(gallery, layout.kind)
+    metas = {m: _meta(gallery, m, layout, items[m], fingerprint, H, M, K, source, checkpoint)
+             for m in MODALITIES}  # fmt: skip
+    for modality, meta in metas.items():  # check everything before writing anything
+        for name in layout.collections(gallery, modality):
+            if client.has_collection(name):
+                _check_same(cols.read_meta(client, name), meta, name, gallery)
+    names = [n for meta in metas.values() for n in cols.create(client, meta)]
+    cols.load_all(client, names)
+    have = cols.each(lambda n: milvus_arrays.count(client, n), names)  # Strong: all writes
+    for modality in MODALITIES:
+        _insert(client, layout, gallery, modality, items[modality], have, report, progress)
+    written = [n for n in names if report.inserted[n]]
+    cols.each(client.flush, written)  # seal the segments so Milvus builds their indexes
+    report.final = {**have, **cols.each(lambda n: milvus_arrays.count(client, n), written)}
+    for name, final in report.final.items():
+        if final != report.expected[name]:
+            raise MeetError(
+                f"Milvus collection {name}: holds {final} rows after the load, the source "
+                f"has {report.expected[name]}; rebuild with --drop"
+            )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _meta(
+    gallery: str,
+    modality: Modality,
+    layout: Layout,
+    rows: Items,
+    fingerprint: str,
+    H: int,
+    M: int,
+    K: int,
+    source: str,
+    checkpoint: str,
+) -> GalleryMeta:
+    return GalleryMeta(
+        gallery=gallery,
+        modality=modality,
+        layout=layout.kind,
+        fingerprint=fingerprint,
+        H=H,
+        M=M,
+        K=K,
+        embed_dim=int(rows.encoded.dense.shape[1]),
+        neighbours=int(rows.neighbours.shape[1]),
+        rows=len(rows),
+        nlist=cols.default_nlist(len(rows)),
+        source=source,
+        checkpoint=checkpoint,
+    )
+
+
+def _check_same(found: GalleryMeta, meta: GalleryMeta, name: str, gallery: str) -> None:
+    keys = ("fingerprint", "source", "rows", "neighbours", "H", "M", "K", "embed_dim", "layout")
+    differ = [k for k in keys if getattr(found, k) != getattr(meta, k)]
+    if differ:
+        what = ", ".join(f"{k} {getattr(found, k)!r} != {getattr(meta, k)!r}" for k in differ)
+        raise MeetError(
+            f"collection '{gallery}': {name} holds another load ({what}); "
+            f"rebuild it with `meet-milvus load --collection {gallery} --drop`"
+        )
+
+
+def _insert(
+    client: MilvusClient,
+    layout: Layout,
+    gallery: str,
+    modality: Modality,
+    items: Items,
+    counts: dict[str, int],
+    report: LoadReport,
+    progress: bool,
+) -> None:
+    n = len(items)
+    have: dict[str, int] = {}
+    for name in layout.collections(gallery, modality):
+        loaded = counts[name]
+        # Eventually suffices: the Strong count just saw every write.
+        expr = f"id >= {loaded}"
+        beyond = milvus_arrays.count(client, name, expr, "Eventually") if loaded else 0
+        if beyond or loaded > n:
+            raise MeetError(
+                f"Milvus collection {name}: its {loaded} rows are not the keys 0..{loaded - 1} "
+                f"a load writes; rebuild with `meet-milvus load --collection {gallery} --drop`"
+            )
+        have[name] = loaded
+        report.before[name], report.expected[name] = loaded, n
+        report.inserted[name] = 0
+    first = min(have.values())
+    if first >= n:
+        return
+    fields = {name: layout.fields(gallery, modality, name) for name in have}
+    row_bytes = _row_bytes(items)
+    batch = max(1, min(MAX_BATCH_ROWS, milvus_arrays.RPC_BYTES // row_bytes))
+    bar = tqdm(total=n, initial=first, desc=f"load {modality}", unit="row", disable=not progress)
+    with bar:
+        for lo in range(first, n, batch):
+            hi = min(n, lo + batch)
+            for name, loaded in have.items():
+                if hi <= loaded:
+                    continue
+                rows = [items.row(i, fields[name]) for i in range(max(lo, loaded), hi)]
+                client.insert(name, rows)
+                report.inserted[name] += len(rows)
+            bar.update(hi - lo)
+
+
+def _row_bytes(items: Items) -> int:
+    e = items.encoded
+    size = e.hash_codes.shape[1] + 4 * (e.head.shape[1] + e.dense.shape[1])
+    size += 8 * e.pq_codes.shape[1] + 4 * items.neighbours.shape[1]
+    longest = max((len(s.encode()) for s in items.source), default=0)
+    return size + longest + 2 * cols.SOURCE_MAX // 8 + 64
+
+
+def _clip(text: str) -> str:
+    """At most SOURCE_MAX bytes of UTF-8 (Milvus VARCHAR limit), cut at a character boundary."""
+    raw = text.encode("utf-8")
+    if len(raw) <= cols.SOURCE_MAX:
+        return text
+    return raw[: cols.SOURCE_MAX].decode("utf-8", errors="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's job: a data split and a checkpoint into a gallery
+
+
+def resolve_checkpoint(settings: Settings, checkpoint: str | Path | None, data: str) -> Path:
+    """--checkpoint, else the settings' checkpoint, else {data_dir}/checkpoints/{data}."""
+    path = checkpoint or settings.checkpoint or settings.data_dir / "checkpoints" / data
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise MeetError(
+            f"checkpoint {path}: no such directory; train one (`meet-train`) or pass --checkpoint"
+        )
+    return path
+
+
+def encode_split(
+    model: MeetModel, split: Split, cache_dir: Path | None, batch_size: int, progress: bool
+) -> tuple[Encoded, Encoded]:
+    """Both modalities of a split through the model, cached on disk by model and split."""
+    from training import Encoded
+
+    cache = None
+    if cache_dir is not None:
+        tag = f"{model.config.fingerprint[:16]}-{split.name}-{split.split}"
+        cache = Path(cache_dir) / "encoded" / f"{tag}-{split.n_images}-{split.n_captions}.npz"
+        if cache.is_file():
+            with np.load(cache) as z:
+                parts = [
+                    Encoded(*(z[f"{m}_{f}"] for f in ("dense", "head", "hash", "pq")))
+                    for m in MODALITIES
+                ]
+            return parts[0], parts[1]
+    images = model.encode_images(split.images, batch_size=batch_size, progress=progress)
+    texts = model.encode_texts(split.captions, batch_size=batch_size, progress=progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for m, e in zip(MODALITIES, (images, texts), strict=True):
+            arrays.update(
+                {f"{m}_dense": e.dense, f"{m}_head": e.head}
+                | {f"{m}_hash": e.hash_codes, f"{m}_pq": e.pq_codes}
+            )
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)
+    return images, texts
+
+
+def load(
+    settings: Settings,
+    collection: str,
+    checkpoint: str | Path | None = None,
+    data: str | None = None,
+    split: str = "test",
+    drop: bool = False,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    batch_size: int = 128,
+    progress: bool = True,
+    echo: Callable[[str], None] = log.info,
+) -> LoadReport:
+    """`meet-milvus load`: encode a data split with a checkpoint and write it to Milvus."""
+    from loaders.precomp import load_split
+    from meet_milvus.server import connect
+    from training import load_checkpoint
+
+    cols.check_name(collection)
+    if neighbours < 1:
+        raise MeetError(f"--neighbours {neighbours}: must be at least 1")
+    data = data or collection
+    path = resolve_checkpoint(settings, checkpoint, data)
+    source = load_split(settings.data_dir, data, split)
+    client = connect(settings)  # before the slow encoding: a dead server fails fast
+    model = load_checkpoint(path, settings.device)
+    echo(
+        f"encoding {data}/{split}: {source.n_images} images, {source.n_captions} captions "
+        f"with model {model.config.fingerprint[:12]} ({path})"
+    )
+    long = sum(n > model.max_text_len for n in model.count_tokens(source.captions))
+    if long:
+        echo(f"note: {long} captions exceed {model.max_text_len} tokens and are truncated")
+    images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
+    items = split_items(source, images, texts, neighbours)
+    c = model.config
+    return write_gallery(
+        client,
+        collection,
+        items,
+        fingerprint=c.fingerprint,
+        H=c.H,
+        M=c.M,
+        K=c.K,
+        source=f"{data}/{split}",
+        checkpoint=str(path.resolve()),
+        drop=drop,
+        progress=progress,
+    )

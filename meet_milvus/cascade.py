@@ -1,0 +1,365 @@
+"""MEET's progressive filtering over a Milvus gallery, one small object per stage.
+
+Every stage takes a batch of encoded queries (`training.Encoded`: hash codes, head outputs,
+dense embeddings of the *other* modality) and the previous stage's candidates, and returns
+ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) and scores
+(higher = better). A first stage gets `None` and searches the whole gallery.
+
+    HammingFilter   Milvus BIN_IVF_FLAT search on the packed hash codes -> top R
+    QuantizedFilter asymmetric PQ distance over the survivors -> top Q: client-side ADC on
+                    MEET's own codes (`adc`, default) or Milvus IVF_PQ filtered by id (`milvus`)
+    ExactRescore    dense dot product with embeddings fetched from Milvus -> top k
+    Rerank          consistency + complementarity over the top z (meet_milvus.rerank)
+
+`Cascade(stages)` runs them in order and can return each stage's output with its latency.
+Sizes (`keep`) are a count (int) or a fraction (float in (0, 1]) of what the stage receives.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from meet_milvus import milvus_arrays
+from meet_milvus.collections import Gallery, Modality
+from meet_milvus.errors import MeetError
+from meet_milvus.milvus_arrays import MAX_TOPK
+from meet_milvus.rerank import Reranker
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+    from training import Encoded
+
+Keep = int | float
+CONSISTENCY = "Eventually"  # the loader waits until every row is visible before it returns
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Ranked candidates per query: ids (nq, n) int64 (-1 = empty), scores (nq, n) float32."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def nq(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def head(self, n: int) -> Candidates:
+        return Candidates(self.ids[:, :n], self.scores[:, :n])
+
+    @classmethod
+    def top(cls, ids: np.ndarray, scores: np.ndarray, n: int) -> Candidates:
+        """The best `n` of each row (ids -1 never win), sorted best first."""
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        n = max(1, min(n, ids.shape[1]))
+        if n < ids.shape[1]:
+            part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        else:
+            part = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
+        return cls(np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, 1))
+
+
+class Stage(Protocol):
+    name: str
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates: ...
+
+
+def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK) -> int:
+    """A stage size as a count: `keep` items, or that fraction of `available` (at least 1)."""
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0:
+        raise MeetError(f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]")
+    if isinstance(keep, float):
+        if keep > 1:
+            raise MeetError(f"stage size {keep}: a fraction must be at most 1 (or give a count)")
+        keep = int(np.ceil(keep * available))
+    return int(max(1, min(keep, available, cap)))
+
+
+class _GalleryStage:
+    """Shared plumbing: the client, the gallery and the modality searched."""
+
+    def __init__(self, client: MilvusClient, gallery: Gallery, modality: Modality) -> None:
+        self.client = client
+        self.gallery = gallery
+        self.modality = modality
+        self.meta = gallery.meta[modality]
+
+    def _collection(self, field: str) -> str:
+        return self.gallery.collection(self.modality, field)
+
+    def _gather(self, ids: np.ndarray, fields: list[str], row_bytes: int) -> dict[str, np.ndarray]:
+        """Values of `fields` for a (nq, n) id array, zeros where ids are -1."""
+        valid = ids >= 0
+        flat = ids[valid]
+        got = milvus_arrays.fetch(
+            self.client, self._collection(fields[0]), flat, fields, row_bytes, CONSISTENCY
+        )
+        out = {}
+        for name in fields:
+            values = np.asarray(got[name])
+            full = np.zeros((*ids.shape, *values.shape[1:]), dtype=values.dtype)
+            full[valid] = values
+            out[name] = full
+        return out
+
+
+class HammingFilter(_GalleryStage):
+    """Stage 1: the R gallery items nearest in Hamming distance (Milvus BIN_IVF_FLAT).
+
+    `nprobe` defaults to every list: exact Hamming ranking, as in MEET's reference.
+    Scores are negated distances.
+    """
+
+    name = "hash"
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        gallery: Gallery,
+        modality: Modality,
+        keep: Keep = 0.3,
+        nprobe: int | None = None,
+    ) -> None:
+        super().__init__(client, gallery, modality)
+        self.keep = keep
+        self.nprobe = nprobe or self.meta.nlist
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        if candidates is not None:
+            raise MeetError("HammingFilter searches the whole gallery: put it first")
+        limit = resolve_keep(self.keep, self.meta.rows)
+        codes = [row.tobytes() for row in np.ascontiguousarray(queries.hash_codes, np.uint8)]
+        ids, dist = milvus_arrays.search(
+            self.client, self._collection("hash"), "hash", codes, limit, "HAMMING",
+            {"nprobe": self.nprobe}, consistency=CONSISTENCY,
+        )  # fmt: skip
+        return Candidates(ids, np.where(ids >= 0, -dist, -np.inf).astype(np.float32))
+
+
+class QuantizedFilter(_GalleryStage):
+    """Stage 2: asymmetric quantized inner product <query head, quantized item>, top Q.
+
+    mode `adc`: look-up tables of the query against MEET's codebooks, summed over the items'
+    PQ codes (fetched once and cached client-side with `cache=True`, M bytes an item, or
+    fetched per batch). mode `milvus`: Milvus IVF_PQ search over the `head` vectors, filtered
+    to the survivors by a literal id list (one request per query), with Milvus's own codebooks.
+    """
+
+    name = "pq"
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        gallery: Gallery,
+        modality: Modality,
+        codebooks: np.ndarray | None = None,
+        keep: Keep = 0.5,
+        mode: Literal["adc", "milvus"] = "adc",
+        cache: bool = True,
+        nprobe: int | None = None,
+    ) -> None:
+        super().__init__(client, gallery, modality)
+        if mode not in ("adc", "milvus"):
+            raise MeetError(f"quantizer mode '{mode}': use 'adc' or 'milvus'")
+        if mode == "adc":
+            if codebooks is None:
+                raise MeetError("QuantizedFilter(mode='adc') needs the model's codebooks")
+            expected = (self.meta.M, 2**self.meta.K, self.meta.H // self.meta.M)
+            if tuple(codebooks.shape) != expected:
+                raise MeetError(
+                    f"codebooks of shape {codebooks.shape}: the gallery needs {expected}"
+                )
+            self.codebooks = np.asarray(codebooks, dtype=np.float32)
+        self.keep = keep
+        self.mode = mode
+        self.cache = cache
+        self.nprobe = nprobe or self.meta.nlist
+        self._codes: np.ndarray | None = None
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        available = self.meta.rows if candidates is None else candidates.width
+        limit = resolve_keep(self.keep, available)
+        head = np.asarray(queries.head, dtype=np.float32)
+        if self.mode == "milvus":
+            return self._milvus(head, candidates, limit)
+        lut = self._tables(head)  # (nq, M, 2**K)
+        if candidates is None:
+            codes = self.codes()  # every item: (rows, M)
+            scores = sum(lut[:, m, codes[:, m]] for m in range(codes.shape[1]))
+            ids = np.broadcast_to(np.arange(len(codes), dtype=np.int64), scores.shape)
+            return Candidates.top(ids, scores, limit)
+        ids = candidates.ids
+        codes = self._codes_of(ids)  # (nq, n, M)
+        rows = np.arange(len(ids))[:, None]
+        scores = sum(lut[rows, m, codes[:, :, m]] for m in range(codes.shape[2]))
+        return Candidates.top(ids, scores, limit)
+
+    def _tables(self, head: np.ndarray) -> np.ndarray:
+        M, _, d = self.codebooks.shape
+        return np.einsum("qmd,mcd->qmc", head.reshape(len(head), M, d), self.codebooks)
+
+    def codes(self) -> np.ndarray:
+        """Every item's PQ codes (rows, M) uint8, fetched once (ids are 0..rows-1)."""
+        if self._codes is None:
+            rows, step = self.meta.rows, MAX_TOPK
+            codes = np.zeros((rows, self.meta.M), dtype=np.uint8)
+            name = self._collection("codes")
+            for lo in range(0, rows, step):
+                got = milvus_arrays._query_raw(
+                    self.client, name, f"id >= {lo} and id < {lo + step}", ["id", "codes"],
+                    CONSISTENCY,
+                )  # fmt: skip
+                codes[np.asarray(got["id"])] = np.asarray(got["codes"], dtype=np.uint8)
+            self._codes = codes
+        return self._codes
+
+    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
+        if self.cache:
+            return self.codes()[np.where(ids >= 0, ids, 0)]
+        got = self._gather(ids, ["codes"], row_bytes=8 * self.meta.M + 16)
+        return got["codes"].astype(np.uint8)
+
+    def _milvus(self, head: np.ndarray, candidates: Candidates | None, limit: int) -> Candidates:
+        name, params = self._collection("head"), {"nprobe": self.nprobe}
+        if candidates is None:
+            ids, dist = milvus_arrays.search(
+                self.client, name, "head", head, limit, "IP", params, consistency=CONSISTENCY
+            )
+            return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+        ids = np.full((len(head), limit), -1, dtype=np.int64)
+        scores = np.full((len(head), limit), -np.inf, dtype=np.float32)
+        for q, row in enumerate(candidates.ids):
+            row = row[row >= 0]
+            if not len(row):
+                continue
+            expr = f"id in [{','.join(map(str, row.tolist()))}]"
+            got, dist = milvus_arrays.search(
+                self.client, name, "head", head[q : q + 1], min(limit, len(row)), "IP", params,
+                expr=expr, consistency=CONSISTENCY,
+            )  # fmt: skip
+            ids[q, : got.shape[1]], scores[q, : got.shape[1]] = got[0], dist[0]
+        return Candidates(ids, np.where(ids >= 0, scores, -np.inf).astype(np.float32))
+
+
+class ExactRescore(_GalleryStage):
+    """Stage 3: exact dense similarity of the survivors (embeddings fetched from Milvus).
+
+    As a first stage it is exact brute-force search in Milvus (FLAT index, inner product).
+    """
+
+    name = "dense"
+
+    def __init__(
+        self, client: MilvusClient, gallery: Gallery, modality: Modality, keep: Keep = 100
+    ) -> None:
+        super().__init__(client, gallery, modality)
+        self.keep = keep
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        dense = np.asarray(queries.dense, dtype=np.float32)
+        if candidates is None:
+            limit = resolve_keep(self.keep, self.meta.rows)
+            ids, dist = milvus_arrays.search(
+                self.client, self._collection("dense"), "dense", dense, limit, "IP",
+                consistency=CONSISTENCY,
+            )  # fmt: skip
+            return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+        limit = resolve_keep(self.keep, candidates.width)
+        # Survivors of a batch overlap: fetch each item once, score the batch against all of
+        # them in one matmul, then pick each query's own.
+        ids = candidates.ids
+        if not (ids >= 0).any():
+            return Candidates.top(ids, np.zeros(ids.shape, np.float32), limit)
+        unique, inverse = np.unique(np.where(ids >= 0, ids, ids.max()), return_inverse=True)
+        vectors = milvus_arrays.fetch(
+            self.client, self._collection("dense"), unique, ["dense"],
+            4 * self.meta.embed_dim + 16, CONSISTENCY,
+        )["dense"]  # fmt: skip
+        sims = dense @ np.asarray(vectors, np.float32).T  # (nq, unique)
+        scores = np.take_along_axis(sims, inverse.reshape(ids.shape), axis=1)
+        return Candidates.top(ids, scores, limit)
+
+
+class Rerank(_GalleryStage):
+    """Stage 4: re-order each query's top z by similarity + consistency + complementarity."""
+
+    name = "rerank"
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        gallery: Gallery,
+        modality: Modality,
+        reranker: Reranker | None = None,
+    ) -> None:
+        super().__init__(client, gallery, modality)
+        self.reranker = reranker or Reranker()
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        if candidates is None:
+            raise MeetError("Rerank re-orders candidates: put it after a filter stage")
+        ids, scores, vectors, neighbours = self.inputs(queries, candidates, self.reranker.z)
+        return Candidates(*self.reranker.rerank(ids, scores, vectors, neighbours))
+
+    def inputs(
+        self, queries: Encoded, candidates: Candidates, z: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the re-ranker needs for the top z: (ids, scores) with the top z sorted by dense
+        similarity, and their embeddings and neighbour statistics (nq, z, ...)."""
+        z = min(z, candidates.width)
+        top = candidates.ids[:, :z]
+        row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
+        got = self._gather(top, ["dense", "neighbours"], row_bytes)
+        # Similarities from the embeddings themselves, whatever scored the previous stage.
+        sims = np.einsum("qzd,qd->qz", got["dense"], np.asarray(queries.dense, np.float32))
+        sims = np.where(top >= 0, sims, -np.inf)
+        order = np.argsort(-sims, axis=1, kind="stable")
+        vectors = np.take_along_axis(got["dense"], order[..., None], axis=1)
+        neighbours = np.take_along_axis(got["neighbours"], order[..., None], axis=1)
+        ids = np.concatenate([np.take_along_axis(top, order, 1), candidates.ids[:, z:]], axis=1)
+        scores = np.concatenate(
+            [np.take_along_axis(sims, order, 1), candidates.scores[:, z:]], axis=1
+        )
+        return ids, scores, vectors, neighbours
+
+
+@dataclass(frozen=True)
+class StageTrace:
+    """One stage's output for a query batch and the wall time it took."""
+
+    name: str
+    candidates: Candidates
+    seconds: float
+
+
+class Cascade:
+    """Stages run in order, each narrowing or re-ordering the previous one's candidates."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        if not stages:
+            raise MeetError("a cascade needs at least one stage")
+        self.stages = list(stages)
+
+    def __call__(self, queries: Encoded) -> Candidates:
+        return self.trace(queries)[-1].candidates
+
+    def trace(self, queries: Encoded) -> list[StageTrace]:
+        """Every stage's output with its latency."""
+        traces, candidates = [], None
+        for stage in self.stages:
+            start = time.perf_counter()
+            candidates = stage(queries, candidates)
+            traces.append(StageTrace(stage.name, candidates, time.perf_counter() - start))
+        return traces

@@ -1,0 +1,295 @@
+"""How a gallery lives in Milvus: collection names, schemas, indexes and the stored metadata.
+
+A gallery (`--collection coco`) holds two modalities, `image` and `text`. Each item of a
+modality has one primary key (its position in the source split) and these fields:
+
+    hash        BINARY_VECTOR(H)    packed sign bits of the hash head   BIN_IVF_FLAT, HAMMING
+    head        FLOAT_VECTOR(H)     hash-head outputs (tanh)            IVF_PQ m=M nbits=K, IP
+    codes       ARRAY<INT16>(M)     MEET's own PQ codes of `head`       (client-side ADC)
+    dense       FLOAT_VECTOR(D)     l2-normalised embedding             FLAT, IP (exact)
+    source      VARCHAR             image path or caption text
+    external_id VARCHAR             the item's name outside Milvus
+    image       INT64               the image an item shows (captions: their image's id)
+    neighbours  ARRAY<FLOAT>(k)     the item's top-k similarities to the other modality,
+                                    descending (the complementarity re-ranker's statistics)
+
+Milvus 2.3 allows one vector field per collection, so the `split` layout gives each stage its
+own collection sharing the primary key (`coco_image_hash`, `coco_image_pq`, `coco_image_dense`,
+with the scalars beside `dense`); Milvus 2.4+ takes all fields in one collection per modality
+(`multi` layout: `coco_image`). Every collection's description holds the gallery's metadata
+(model fingerprint, code parameters, source) as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from meet_milvus.errors import MeetError
+
+if TYPE_CHECKING:
+    from pymilvus import CollectionSchema, MilvusClient
+
+T = TypeVar("T")
+Modality = Literal["image", "text"]
+LayoutKind = Literal["split", "multi"]
+MODALITIES: tuple[Modality, Modality] = ("image", "text")
+FORMAT_VERSION = 1
+SOURCE_MAX = 4096  # bytes of `source` / `external_id` kept (VARCHAR max_length)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
+
+# field -> stage collection suffix in the split layout
+_SPLIT = {
+    "hash": "hash",
+    "head": "pq",
+    "codes": "pq",
+    "dense": "dense",
+    "source": "dense",
+    "external_id": "dense",
+    "image": "dense",
+    "neighbours": "dense",
+}
+
+
+class GalleryMeta(BaseModel):
+    """What every collection of a gallery records about how it was built."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    meet_milvus: int = FORMAT_VERSION
+    gallery: str
+    modality: Modality
+    layout: LayoutKind
+    fingerprint: str
+    H: int
+    M: int
+    K: int
+    embed_dim: int
+    neighbours: int  # k of the stored reverse-neighbour statistics
+    rows: int  # items of this modality in the source
+    nlist: int  # IVF lists of the hash and PQ indexes
+    source: str  # data set and split, e.g. "demo/test"
+    checkpoint: str = ""  # where the model was when loaded (a default for the searcher)
+
+
+def check_name(name: str) -> str:
+    """A gallery name Milvus accepts as a collection-name prefix."""
+    if not _NAME.fullmatch(name):
+        raise MeetError(
+            f"collection name '{name}': use letters, digits and underscores, starting with a letter"
+        )
+    return name
+
+
+def default_nlist(rows: int) -> int:
+    """IVF lists: ~4·sqrt(n), at least 1, so a list holds a few hundred items at scale."""
+    return int(min(65536, max(1, round(4 * math.sqrt(max(rows, 1))))))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which collection holds which field of a gallery's modality."""
+
+    kind: LayoutKind
+
+    @classmethod
+    def for_version(cls, version: str) -> Layout:
+        """The layout a server supports: `multi` from Milvus 2.4 on, `split` on 2.3."""
+        found = re.search(r"(\d+)\.(\d+)", version or "")
+        if not found:
+            raise MeetError(f"Milvus server version '{version}': cannot tell which it is")
+        major, minor = int(found.group(1)), int(found.group(2))
+        if (major, minor) < (2, 3):
+            raise MeetError(f"Milvus {version}: meet-milvus needs Milvus 2.3 or newer")
+        return cls("split" if (major, minor) < (2, 4) else "multi")
+
+    def collection(self, gallery: str, modality: Modality, field: str) -> str:
+        if self.kind == "multi":
+            return f"{gallery}_{modality}"
+        return f"{gallery}_{modality}_{_SPLIT[field]}"
+
+    def collections(self, gallery: str, modality: Modality) -> list[str]:
+        """The collections of one modality, the one holding `dense` (the main one) first."""
+        names = [self.collection(gallery, modality, f) for f in ("dense", "hash", "head")]
+        return list(dict.fromkeys(names))
+
+    def fields(self, gallery: str, modality: Modality, collection: str) -> list[str]:
+        """The non-key fields that `collection` holds."""
+        return [f for f in _SPLIT if self.collection(gallery, modality, f) == collection]
+
+
+def schema(meta: GalleryMeta, fields: list[str]) -> CollectionSchema:
+    """The schema of a collection holding `fields` (plus the primary key `id`)."""
+    from pymilvus import DataType, MilvusClient
+
+    s = MilvusClient.create_schema(
+        auto_id=False, enable_dynamic_field=False, description=meta.model_dump_json()
+    )
+    s.add_field("id", DataType.INT64, is_primary=True)
+    for name in fields:
+        if name == "hash":
+            s.add_field(name, DataType.BINARY_VECTOR, dim=meta.H)
+        elif name == "head":
+            s.add_field(name, DataType.FLOAT_VECTOR, dim=meta.H)
+        elif name == "dense":
+            s.add_field(name, DataType.FLOAT_VECTOR, dim=meta.embed_dim)
+        elif name == "codes":
+            s.add_field(name, DataType.ARRAY, element_type=DataType.INT16, max_capacity=meta.M)
+        elif name == "neighbours":
+            cap = max(1, meta.neighbours)
+            s.add_field(name, DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=cap)
+        elif name in ("source", "external_id"):
+            s.add_field(name, DataType.VARCHAR, max_length=SOURCE_MAX)
+        elif name == "image":
+            s.add_field(name, DataType.INT64)
+    return s
+
+
+def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
+    """The vector indexes of a collection holding `fields`."""
+    params = client.prepare_index_params()
+    if "hash" in fields:
+        params.add_index(
+            "hash", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": meta.nlist}
+        )
+    if "head" in fields:
+        pq = {"nlist": meta.nlist, "m": meta.M, "nbits": meta.K}
+        params.add_index("head", index_type="IVF_PQ", metric_type="IP", params=pq)
+    if "dense" in fields:
+        params.add_index("dense", index_type="FLAT", metric_type="IP")
+    return params
+
+
+def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
+    """Create the missing collections of one modality with their indexes; all its names.
+
+    Collections are not loaded here: `load_all` loads many at once (each load waits ~2 s).
+    """
+    layout = Layout(meta.layout)
+    names = layout.collections(meta.gallery, meta.modality)
+    for name in names:
+        if client.has_collection(name):
+            continue
+        fields = layout.fields(meta.gallery, meta.modality, name)
+        client.create_collection(name, schema=schema(meta, fields), consistency_level="Bounded")
+        client.create_index(name, index_params(client, meta, fields))
+    return names
+
+
+def each(fn: Callable[[str], T], names: list[str]) -> dict[str, T]:
+    """`fn(name)` for every collection at once (Milvus calls mostly wait)."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        return dict(zip(names, pool.map(fn, names), strict=True))
+
+
+def load_all(client: MilvusClient, names: list[str]) -> None:
+    """Load collections into memory (query nodes), concurrently."""
+    each(client.load_collection, names)
+
+
+def read_meta(client: MilvusClient, collection: str) -> GalleryMeta:
+    """The metadata a collection's description holds; MeetError if it holds none."""
+    description = client.describe_collection(collection).get("description", "")
+    try:
+        return GalleryMeta.model_validate(json.loads(description))
+    except (ValueError, ValidationError):
+        raise MeetError(
+            f"Milvus collection '{collection}' was not created by meet-milvus load "
+            f"(no gallery metadata in its description)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A loaded gallery: its layout and each modality's metadata."""
+
+    name: str
+    layout: Layout
+    meta: dict[str, GalleryMeta]
+
+    def collection(self, modality: Modality, field: str) -> str:
+        return self.layout.collection(self.name, modality, field)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["image"].fingerprint
+
+    def rows(self, modality: Modality) -> int:
+        return self.meta[modality].rows
+
+
+def find_layout(client: MilvusClient, gallery: str) -> Layout | None:
+    """The layout a gallery was loaded with, or None when no collection of it exists."""
+    for kind in ("split", "multi"):
+        layout = Layout(kind)
+        if client.has_collection(layout.collection(gallery, "image", "dense")):
+            return layout
+    return None
+
+
+def list_galleries(client: MilvusClient) -> list[str]:
+    """Names of the galleries in the database (those with a main image collection)."""
+    found = set()
+    for name in client.list_collections():
+        for suffix in ("_image_dense", "_image"):
+            if name.endswith(suffix):
+                found.add(name[: -len(suffix)])
+    return sorted(g for g in found if find_layout(client, g))
+
+
+def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = None) -> Gallery:
+    """A loaded gallery, checked: every collection present, same model, loaded into memory.
+
+    With `fingerprint`, a gallery built by another model is refused (its codes mean nothing
+    to this model's queries).
+    """
+    check_name(gallery)
+    layout = find_layout(client, gallery)
+    if layout is None:
+        known = ", ".join(list_galleries(client)) or "none"
+        raise MeetError(
+            f"collection '{gallery}': not found in Milvus (loaded galleries: {known}); "
+            f"run `meet-milvus load --collection {gallery}`"
+        )
+    meta: dict[str, GalleryMeta] = {}
+    for modality in MODALITIES:
+        for name in layout.collections(gallery, modality):
+            if not client.has_collection(name):
+                raise MeetError(
+                    f"collection '{gallery}': part '{name}' is missing (an interrupted load?); "
+                    f"run `meet-milvus load --collection {gallery}` to finish it"
+                )
+            found = read_meta(client, name)
+            if modality in meta and found.fingerprint != meta[modality].fingerprint:
+                raise MeetError(f"collection '{gallery}': '{name}' holds another model's codes")
+            meta[modality] = found
+    if fingerprint is not None and meta["image"].fingerprint != fingerprint:
+        raise MeetError(
+            f"collection '{gallery}' was loaded with model {meta['image'].fingerprint[:12]}, "
+            f"not with this checkpoint's model {fingerprint[:12]}; search with that checkpoint "
+            f"or rebuild: `meet-milvus load --collection {gallery} --drop`"
+        )
+    load_all(client, [n for m in MODALITIES for n in layout.collections(gallery, m)])
+    return Gallery(gallery, layout, meta)
+
+
+def drop(client: MilvusClient, gallery: str) -> list[str]:
+    """Drop every collection of a gallery (both layouts); the names dropped."""
+    dropped = []
+    for kind in ("split", "multi"):
+        layout = Layout(kind)
+        for modality in MODALITIES:
+            for name in layout.collections(gallery, modality):
+                if client.has_collection(name):
+                    client.drop_collection(name)
+                    dropped.append(name)
+    return dropped

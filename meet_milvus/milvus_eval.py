@@ -1,0 +1,184 @@
+"""Evaluate a loaded gallery through Milvus: every query of its split against the gallery, for
+several methods (dense exact, hash only, PQ only, cascade, cascade + re-ranking), with R@K,
+per-stage latency and the share of true matches each stage keeps; and tune the re-ranker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from meet_milvus.cascade import Candidates, Rerank
+from meet_milvus.evaluation import Recall, recall_from_rankings
+from meet_milvus.rerank import Reranker
+
+if TYPE_CHECKING:
+    from loaders.precomp import Split
+    from meet_milvus.searcher import MeetSearcher
+    from training import Encoded
+
+DEPTH = 100  # ranked list length per query (R@10 and ranks up to 100)
+DIRECTIONS = {"i2t": "text", "t2i": "image"}  # direction -> gallery modality searched
+
+METHODS: dict[str, dict] = {
+    "dense exact": dict(hash=False, pq=False, exact=True, rerank=False),
+    "hash only": dict(hash=True, pq=False, exact=False, rerank=False),
+    "PQ only": dict(hash=False, pq=True, exact=False, rerank=False),
+    "cascade": dict(rerank=False),
+    "cascade + re-ranking": dict(),
+}
+_SINGLE_STAGE = {"hash only": "hash", "PQ only": "pq"}
+
+
+@dataclass
+class StageStat:
+    name: str
+    ms_per_query: float  # wall time of the stage over the run / queries
+    width: float  # candidates it passes on (mean per query)
+    kept: float  # % of queries whose true match is still among them
+
+
+@dataclass
+class MethodResult:
+    name: str
+    recall: Recall
+    stages: dict[str, list[StageStat]] = field(default_factory=dict)  # direction -> stats
+
+
+def truth_masks(split: Split) -> dict[str, callable]:
+    """Per direction: (query ids, candidate ids (nq, n)) -> bool (nq, n) of true matches."""
+    ci = np.asarray(split.caption_image)
+    return {
+        "i2t": lambda q, ids: (ids >= 0) & (ci[ids.clip(0)] == q[:, None]),
+        "t2i": lambda q, ids: ids == ci[q][:, None],
+    }
+
+
+def run_method(
+    searcher: MeetSearcher,
+    name: str,
+    split: Split,
+    queries: dict[str, Encoded],
+    batch: int = 256,
+) -> MethodResult:
+    """One method over every query of both directions."""
+    overrides = dict(METHODS[name], exact_keep=DEPTH)
+    if name in _SINGLE_STAGE:
+        stage = _SINGLE_STAGE[name]
+        overrides |= {f"{stage}_keep_images": DEPTH, f"{stage}_keep_texts": DEPTH}
+    base = searcher.config
+    searcher.config = base.model_copy(update=overrides)
+    try:
+        truth = truth_masks(split)
+        rankings, stats = {}, {}
+        for direction, gallery in DIRECTIONS.items():
+            encoded = queries[direction]
+            cascade = searcher.cascade(gallery, k=DEPTH)
+            n = len(encoded)
+            seconds = np.zeros(len(cascade.stages))
+            widths = np.zeros(len(cascade.stages))
+            kept = np.zeros(len(cascade.stages))
+            ranked = []
+            for lo in range(0, n, batch):
+                q = np.arange(lo, min(n, lo + batch))
+                traces = cascade.trace(_rows(encoded, q))
+                for s, trace in enumerate(traces):
+                    ids = trace.candidates.ids
+                    seconds[s] += trace.seconds
+                    widths[s] += (ids >= 0).sum()
+                    kept[s] += truth[direction](q, ids).any(axis=1).sum()
+                final = traces[-1].candidates.ids[:, :DEPTH]
+                ranked.extend(row[row >= 0] for row in final)
+            rankings[direction] = ranked
+            stats[direction] = [
+                StageStat(st.name, 1000 * seconds[s] / n, widths[s] / n, 100 * kept[s] / n)
+                for s, st in enumerate(cascade.stages)
+            ]
+    finally:
+        searcher.config = base
+    recall = recall_from_rankings(
+        rankings["i2t"], rankings["t2i"], split.caption_image, split.n_images
+    )
+    return MethodResult(name, recall, stats)
+
+
+def _rows(encoded: Encoded, rows: np.ndarray) -> Encoded:
+    from training import Encoded
+
+    return Encoded(
+        encoded.dense[rows], encoded.head[rows], encoded.hash_codes[rows], encoded.pq_codes[rows]
+    )
+
+
+def format_stages(results: list[MethodResult]) -> str:
+    """A markdown table: per method, direction and stage: ms/query, width, % true kept."""
+    lines = [
+        "| method | direction | stage | ms/query | candidates | true match kept % |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        for direction, stats in r.stages.items():
+            for st in stats:
+                lines.append(
+                    f"| {r.name} | {direction} | {st.name} | {st.ms_per_query:.2f} | "
+                    f"{st.width:.0f} | {st.kept:.1f} |"
+                )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning the re-ranker (on a dev gallery, never on test)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    alpha: float
+    beta: float
+    z: int
+    rsum: float
+
+
+def tune_rerank(
+    searcher: MeetSearcher,
+    split: Split,
+    queries: dict[str, Encoded],
+    alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
+    betas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
+    zs: tuple[int, ...] = (5, 10, 15, 30),
+    temperature: float | None = None,
+    batch: int = 256,
+) -> list[TuneResult]:
+    """rSum of cascade + re-ranking for every (alpha, beta, z), best first. The cascade runs
+    once; the re-ranker's inputs are fetched once for the deepest z."""
+    temperature = temperature or searcher.config.temperature
+    base = searcher.config
+    searcher.config = base.model_copy(update=dict(rerank=False, exact_keep=DEPTH))
+    try:
+        prepared = {}
+        for direction, gallery in DIRECTIONS.items():
+            encoded = queries[direction]
+            cascade = searcher.cascade(gallery, k=DEPTH)
+            stage = Rerank(searcher.client, searcher.gallery, gallery)
+            parts = []
+            for lo in range(0, len(encoded), batch):
+                q = _rows(encoded, np.arange(lo, min(len(encoded), lo + batch)))
+                candidates: Candidates = cascade(q)
+                parts.append(stage.inputs(q, candidates, max(zs)))
+            prepared[direction] = [np.concatenate(p) for p in zip(*parts, strict=True)]
+    finally:
+        searcher.config = base
+    results = []
+    for alpha, beta, z in itertools.product(alphas, betas, zs):
+        reranker = Reranker(alpha, beta, z, temperature)
+        ranked = {}
+        for direction, (ids, scores, vectors, neighbours) in prepared.items():
+            out, _ = reranker.rerank(ids, scores, vectors, neighbours)
+            ranked[direction] = [row[row >= 0] for row in out[:, :DEPTH]]
+        recall = recall_from_rankings(
+            ranked["i2t"], ranked["t2i"], split.caption_image, split.n_images
+        )
+        results.append(TuneResult(alpha, beta, z, recall.rsum))
+    return sorted(results, key=lambda r: (-r.rsum, r.alpha + r.beta, r.z))

@@ -1,0 +1,276 @@
+"""`MeetSearcher`: text -> images and image -> captions through MEET's cascade on Milvus.
+
+from meet_milvus import MeetSearcher
+searcher = MeetSearcher("coco")                  # checkpoint: the one the gallery was loaded with
+hits = searcher.search("a tiger next to a flower", k=5)
+hits = searcher.search_image("cat.jpg", k=5)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meet_milvus import milvus_arrays
+from meet_milvus.cascade import (
+    CONSISTENCY,
+    Candidates,
+    Cascade,
+    ExactRescore,
+    HammingFilter,
+    QuantizedFilter,
+    Rerank,
+    Stage,
+    StageTrace,
+)
+from meet_milvus.collections import Gallery, Modality, open_gallery
+from meet_milvus.config import Settings, load_settings
+from meet_milvus.errors import MeetError
+from meet_milvus.milvus_arrays import MAX_TOPK
+from meet_milvus.rerank import Reranker
+from meet_milvus.results import Hit, StageHit
+
+if TYPE_CHECKING:
+    from training import Encoded, MeetModel
+
+Keep = int | float
+
+
+class SearchConfig(BaseModel):
+    """The cascade's switches and sizes. A size is a count, or a fraction (float in (0, 1]) of
+    what the stage receives: the gallery for the first stage, the survivors after that.
+
+    Defaults chosen on the demo dev split (500 images / 2500 captions; README): the smallest
+    sizes within ~1 rSum point of the best cascade, and the best re-ranking weights of a grid.
+    MEET's reference likewise keeps 60% of the images for text queries and 30% of the texts
+    for image queries on 1K/5K galleries. Fractions are capped at 16384 (Milvus's topk).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hash: bool = True
+    hash_keep_images: Keep = Field(0.6, description="stage-1 size searching images")
+    hash_keep_texts: Keep = Field(0.3, description="stage-1 size searching captions")
+    nprobe: int | None = Field(None, description="IVF lists probed (default: all, exact)")
+    pq: bool = True
+    pq_keep_images: Keep = 0.5
+    pq_keep_texts: Keep = 0.5
+    pq_mode: Literal["adc", "milvus"] = "adc"
+    exact: bool = True
+    exact_keep: int = Field(100, ge=1, le=MAX_TOPK, description="kept by the exact stage (>= k)")
+    rerank: bool = True
+    alpha: float = Field(0.1, description="weight of consistency")
+    beta: float = Field(0.4, description="weight of complementarity")
+    z: int = Field(30, ge=1, description="re-ranking depth")
+    temperature: float = Field(0.05, gt=0, description="attention temperature of consistency")
+
+    def keep(self, stage: str, gallery: Modality) -> Keep:
+        return getattr(self, f"{stage}_keep_{'images' if gallery == 'image' else 'texts'}")
+
+
+class MeetSearcher:
+    """Queries a gallery loaded by `meet-milvus load`; one object per gallery and model.
+
+    `checkpoint` defaults to the settings' checkpoint, else the one the gallery was loaded
+    with; a checkpoint whose model differs from the gallery's is refused. `uri` points at a
+    Milvus server (default: the settings', else the embedded one). Keyword arguments override
+    fields of `SearchConfig` (e.g. `alpha=0.2, pq=False`).
+    """
+
+    def __init__(
+        self,
+        collection: str = "coco",
+        checkpoint: str | Path | None = None,
+        uri: str | None = None,
+        settings: Settings | None = None,
+        config: SearchConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        from meet_milvus.server import connect
+        from training import load_checkpoint
+
+        settings = settings or load_settings()
+        if uri is not None:
+            settings = load_settings(None, **{**settings.model_dump(), "milvus_uri": uri})
+        self.settings = settings
+        try:
+            base = (config or SearchConfig()).model_dump()
+            self.config = SearchConfig.model_validate({**base, **overrides})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise MeetError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
+        self.client = connect(settings)
+        path = checkpoint or settings.checkpoint or self._loaded_with(collection)
+        self.model: MeetModel = load_checkpoint(path, settings.device)
+        self.gallery: Gallery = open_gallery(
+            self.client, collection, fingerprint=self.model.config.fingerprint
+        )
+        self._quantizers: dict[str, QuantizedFilter] = {}
+
+    # -- public -------------------------------------------------------------------------------
+
+    def search(
+        self, text: str | Sequence[str], k: int = 10, diagnostics: bool = False
+    ) -> list[Hit] | list[list[Hit]]:
+        """Images for a text (a list of texts: one list of hits each)."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not texts:
+            return []
+        queries = self.encode_texts(texts)
+        hits = self.run(queries, "image", k, diagnostics)
+        return hits[0] if single else hits
+
+    def search_image(
+        self, image: str | Path | np.ndarray | Sequence, k: int = 10, diagnostics: bool = False
+    ) -> list[Hit] | list[list[Hit]]:
+        """Captions for an image: a file path, or features of one image ((R, D) grid or (D,)
+        pooled). A list of those, or an (N, R, D) array, is a batch: one list of hits each."""
+        single = isinstance(image, str | Path) or (isinstance(image, np.ndarray) and image.ndim < 3)
+        items = [image] if single else list(image)
+        if not items:
+            return []
+        queries = self.encode_images(items)
+        hits = self.run(queries, "text", k, diagnostics)
+        return hits[0] if single else hits
+
+    def encode_texts(self, texts: list[str]) -> Encoded:
+        """Query texts through the model; empty ones refused, over-long ones truncated (warned)."""
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise MeetError(f"query {i}: expected text, got {type(t).__name__}")
+            if not t.strip():
+                raise MeetError(f"query {i}: the text is empty")
+        limit = self.model.max_text_len
+        for i, n in enumerate(self.model.count_tokens(texts)):
+            if n > limit:
+                warnings.warn(
+                    f"query {i}: {n} tokens, the model reads the first {limit} (truncated)",
+                    stacklevel=3,
+                )
+        return self.model.encode_texts(texts)
+
+    def encode_images(self, items: list) -> Encoded:
+        """Image files or feature arrays through the model (the same kind within a batch)."""
+        if all(isinstance(x, str | Path) for x in items):
+            for x in items:
+                if not Path(x).is_file():
+                    raise MeetError(f"image file {x}: not found")
+            return self.model.encode_image_files([str(x) for x in items])
+        if all(isinstance(x, np.ndarray) for x in items):
+            shapes = {x.shape for x in items}
+            if len(shapes) > 1:
+                raise MeetError(f"image features of different shapes in one batch: {shapes}")
+            features = np.stack([x if x.ndim <= 2 else x.reshape(-1, x.shape[-1]) for x in items])
+            if features.ndim == 2 or features.ndim == 3:
+                return self.model.encode_images(features)
+            raise MeetError(f"image features of shape {items[0].shape}: expected (R, D) or (D,)")
+        raise MeetError("images: give file paths or feature arrays (numpy), not a mix")
+
+    def cascade(self, gallery: Modality, k: int = 10) -> Cascade:
+        """The stages that answer queries against one modality of the gallery, for top k."""
+        c, g, cfg = self.client, self.gallery, self.config
+        stages: list[Stage] = []
+        if cfg.hash:
+            stages.append(HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe))
+        if cfg.pq:
+            pq = self._quantizer(gallery)
+            pq.keep = cfg.keep("pq", gallery)
+            stages.append(pq)
+        if cfg.exact or not stages:
+            stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k)))
+        if cfg.rerank:
+            reranker = Reranker(cfg.alpha, cfg.beta, cfg.z, cfg.temperature)
+            stages.append(Rerank(c, g, gallery, reranker))
+        return Cascade(stages)
+
+    def run(
+        self, queries: Encoded, gallery: Modality, k: int = 10, diagnostics: bool = False
+    ) -> list[list[Hit]]:
+        """Encoded queries through the cascade: the top k hits of each."""
+        check_k(k)
+        traces = self.cascade(gallery, k).trace(queries)
+        final = traces[-1].candidates.head(k)
+        return self._hits(final, gallery, traces if diagnostics else None)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _loaded_with(self, collection: str) -> Path:
+        """The checkpoint recorded by the load, when the settings name none."""
+        gallery = open_gallery(self.client, collection)
+        path = gallery.meta["image"].checkpoint
+        if not path:
+            raise MeetError(f"collection '{collection}': records no checkpoint; pass checkpoint=")
+        return Path(path)
+
+    def _quantizer(self, gallery: Modality) -> QuantizedFilter:
+        if gallery not in self._quantizers:
+            self._quantizers[gallery] = QuantizedFilter(
+                self.client, self.gallery, gallery, self.model.codebooks,
+                mode=self.config.pq_mode, nprobe=self.config.nprobe,
+            )  # fmt: skip
+        return self._quantizers[gallery]
+
+    def _hits(
+        self, final: Candidates, gallery: Modality, traces: list[StageTrace] | None
+    ) -> list[list[Hit]]:
+        ids = final.ids[final.ids >= 0]
+        name = self.gallery.collection(gallery, "source")
+        rows = milvus_arrays.fetch(
+            self.client, name, ids, ["source", "external_id", "image"], 8192, CONSISTENCY
+        )
+        info = {
+            int(i): (s, e, int(im))
+            for i, s, e, im in zip(
+                ids, rows["source"], rows["external_id"], rows["image"], strict=True
+            )
+        }
+        out = []
+        for q, (row_ids, row_scores) in enumerate(zip(final.ids, final.scores, strict=True)):
+            hits = []
+            for i, score in zip(row_ids, row_scores, strict=True):
+                if i < 0:
+                    continue
+                source, external, image = info[int(i)]
+                stages = _stage_hits(traces, q, int(i)) if traces is not None else None
+                hits.append(
+                    Hit(
+                        id=int(i),
+                        score=float(score),
+                        source=source,
+                        external_id=external,
+                        modality=gallery,
+                        image=image,
+                        stages=stages,
+                    )
+                )
+            out.append(hits)
+        return out
+
+    def __repr__(self) -> str:
+        model = self.model.config.fingerprint[:12]
+        return f"MeetSearcher(collection={self.gallery.name!r}, model={model!r})"
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_TOPK:
+        raise MeetError(f"k={k}: must be an integer between 1 and {MAX_TOPK}")
+    return int(k)
+
+
+def _stage_hits(traces: list[StageTrace], q: int, item: int) -> dict[str, StageHit]:
+    out = {}
+    for trace in traces:
+        row = trace.candidates.ids[q]
+        where = np.flatnonzero(row == item)
+        if len(where):
+            pos = int(where[0])
+            out[trace.name] = StageHit(rank=pos + 1, score=float(trace.candidates.scores[q, pos]))
+        else:
+            out[trace.name] = StageHit(rank=None, score=None)
+    return out

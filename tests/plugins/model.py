@@ -1,0 +1,67 @@
+"""Session fixture: a tiny MEET checkpoint trained for a few steps on the demo_data fixture.
+
+Small on purpose (64-d embeddings, 2 epochs, short k-means): the runtime tests need a real
+model with real codes, not a good one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def _data_dir(demo_data) -> Path:
+    return Path(getattr(demo_data, "data_dir", demo_data))
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(demo_data, tmp_path_factory) -> Path:
+    """Directory of a checkpoint trained on demo_data's train split (dev for selection)."""
+    from meet_milvus.config import Settings
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    data_dir = _data_dir(demo_data)
+    settings = Settings(
+        data_dir=data_dir,
+        cache_dir=getattr(demo_data, "cache_dir", data_dir / "cache"),
+        device="cpu",
+    )
+    config = TrainConfig(
+        data_name="demo",
+        embed_size=64,
+        num_epochs=2,
+        batch_size=32,
+        kmeans_iters=5,
+        K=4,  # 16 codewords a sub-space: enough points to fit them on a small train split
+        seed=0,
+    )
+    output = tmp_path_factory.mktemp("checkpoint") / "demo"
+    result = train(config, settings, output=output, progress=False, log=lambda _m: None)
+    return Path(result.checkpoint)
+
+
+@pytest.fixture(scope="session")
+def runtime_settings(milvus_settings, demo_data):
+    """Settings reaching the test Milvus by URI, with demo_data's data and cache dirs."""
+    from meet_milvus.config import load_settings
+    from meet_milvus.server import EmbeddedServer
+
+    uri = EmbeddedServer(milvus_settings).status().uri
+    return load_settings(
+        milvus_uri=uri,
+        data_dir=_data_dir(demo_data),
+        cache_dir=getattr(demo_data, "cache_dir", _data_dir(demo_data) / "cache"),
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_gallery(runtime_settings, demo_checkpoint) -> str:
+    """Name of a gallery holding demo_data's test split, loaded with demo_checkpoint."""
+    from loaders.milvus_loader import load
+
+    load(runtime_settings, "t_demo", checkpoint=demo_checkpoint, data="demo", drop=True,
+         progress=False)  # fmt: skip
+    return "t_demo"

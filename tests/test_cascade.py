@@ -1,0 +1,129 @@
+"""Each cascade stage against the loaded demo gallery, checked against numpy on the same codes."""
+
+import numpy as np
+import pytest
+
+from meet_milvus import milvus_arrays
+from meet_milvus.cascade import (
+    Candidates,
+    Cascade,
+    ExactRescore,
+    HammingFilter,
+    QuantizedFilter,
+    Rerank,
+    resolve_keep,
+)
+from meet_milvus.collections import open_gallery
+from meet_milvus.errors import MeetError
+from meet_milvus.server import connect
+
+
+@pytest.fixture(scope="module")
+def setup(runtime_settings, demo_gallery, demo_checkpoint):
+    from loaders.milvus_loader import encode_split
+    from loaders.precomp import load_split
+    from training import load_checkpoint
+
+    model = load_checkpoint(demo_checkpoint, "cpu")
+    client = connect(runtime_settings)
+    gallery = open_gallery(client, demo_gallery, model.config.fingerprint)
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
+    return client, gallery, model, images, texts
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
+
+
+def test_hamming_filter_keeps_the_nearest_codes(setup):
+    client, gallery, _model, images, texts = setup
+    stage = HammingFilter(client, gallery, "image", keep=0.5)
+    out = stage(texts)
+    assert out.ids.shape == (100, 10)
+    dist = _hamming(texts.hash_codes, images.hash_codes)
+    got = np.take_along_axis(dist, out.ids, axis=1)
+    np.testing.assert_array_equal(-out.scores, got)  # scores are minus the distances
+    np.testing.assert_array_equal(got, np.sort(dist, axis=1)[:, :10])  # exact: all lists probed
+
+
+def test_adc_reproduces_the_models_pq_ranking(setup):
+    client, gallery, model, images, texts = setup
+    stage = QuantizedFilter(client, gallery, "text", model.codebooks, keep=15)
+    out = stage(images)
+    expected = images.head @ model.pq_reconstruct(texts.pq_codes).T
+    np.testing.assert_allclose(
+        out.scores, np.take_along_axis(expected, out.ids, 1), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(out.scores, -np.sort(-expected, axis=1)[:, :15], atol=1e-4)
+
+
+def test_quantized_filter_ranks_only_the_survivors(setup):
+    client, gallery, model, images, texts = setup
+    survivors = HammingFilter(client, gallery, "text", keep=40)(images)
+    cached = QuantizedFilter(client, gallery, "text", model.codebooks, keep=0.5)(images, survivors)
+    fetched = QuantizedFilter(client, gallery, "text", model.codebooks, keep=0.5, cache=False)(
+        images, survivors
+    )
+    assert cached.width == 20
+    np.testing.assert_allclose(cached.scores, fetched.scores, atol=1e-5)
+    for row, kept in zip(survivors.ids, cached.ids, strict=True):
+        assert set(kept) <= set(row)
+    milvus = QuantizedFilter(client, gallery, "text", mode="milvus", keep=0.5)(images, survivors)
+    for row, kept in zip(survivors.ids, milvus.ids, strict=True):
+        assert set(kept[kept >= 0]) <= set(row)
+
+
+def test_exact_rescore_is_exact(setup):
+    client, gallery, _model, images, texts = setup
+    sims = texts.dense @ images.dense.T
+    first = ExactRescore(client, gallery, "image", keep=5)(texts)  # Milvus FLAT search
+    np.testing.assert_allclose(first.scores, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)
+    candidates = Candidates(np.tile(np.arange(20), (100, 1)), np.zeros((100, 20), np.float32))
+    rescored = ExactRescore(client, gallery, "image", keep=5)(texts, candidates)
+    np.testing.assert_array_equal(rescored.ids, first.ids)
+
+
+def test_cascade_traces_every_stage(setup):
+    client, gallery, model, images, texts = setup
+    cascade = Cascade(
+        [
+            HammingFilter(client, gallery, "image", keep=0.6),
+            QuantizedFilter(client, gallery, "image", model.codebooks, keep=0.7),
+            ExactRescore(client, gallery, "image", keep=5),
+            Rerank(client, gallery, "image"),
+        ]
+    )
+    traces = cascade.trace(texts)
+    assert [t.name for t in traces] == ["hash", "pq", "dense", "rerank"]
+    assert [t.candidates.width for t in traces] == [12, 9, 5, 5]
+    assert all(t.seconds >= 0 for t in traces)
+    final = cascade(texts)
+    for before, after in zip(traces[2].candidates.ids, final.ids, strict=True):
+        assert sorted(before) == sorted(after)  # re-ranking re-orders, never replaces
+
+
+def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
+    client, gallery, model, images, texts = setup
+    stage = HammingFilter(client, gallery, "text", keep=30)
+    whole = stage(images)
+    rows = milvus_arrays.fetch(
+        client, gallery.collection("text", "dense"), whole.ids[:, 0], ["image"]
+    )
+    monkeypatch.setattr(milvus_arrays, "RPC_BYTES", 12 * 30 * 3)  # 3 queries per request
+    monkeypatch.setattr(milvus_arrays, "ID_CHUNK", 7)
+    split = stage(images)
+    np.testing.assert_array_equal(np.sort(-whole.scores, 1), np.sort(-split.scores, 1))
+    again = milvus_arrays.fetch(
+        client, gallery.collection("text", "dense"), whole.ids[:, 0], ["image"]
+    )
+    np.testing.assert_array_equal(rows["image"], again["image"])
+
+
+def test_stage_sizes():
+    assert resolve_keep(0.3, 1000) == 300
+    assert resolve_keep(50, 20) == 20
+    assert resolve_keep(1.0, 10**6) == 16384  # Milvus topk limit
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(MeetError):
+            resolve_keep(bad, 100)

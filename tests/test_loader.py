@@ -1,0 +1,124 @@
+"""The Milvus loader on real demo data and the test Milvus: counts, idempotency, resume, refusal."""
+
+import numpy as np
+import pytest
+
+from loaders.milvus_loader import load, neighbour_stats, split_items, write_gallery
+from meet_milvus import collections as cols
+from meet_milvus import milvus_arrays
+from meet_milvus.errors import MeetError
+from meet_milvus.server import connect
+
+
+@pytest.fixture(scope="module")
+def client(runtime_settings):
+    return connect(runtime_settings)
+
+
+@pytest.fixture(scope="module")
+def demo_items(runtime_settings, demo_checkpoint):
+    from loaders.milvus_loader import encode_split
+    from loaders.precomp import load_split
+    from training import load_checkpoint
+
+    model = load_checkpoint(demo_checkpoint, "cpu")
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
+    return model, split, split_items(split, images, texts, neighbours=8)
+
+
+def _write(client, name, model, items, **kw):
+    c = model.config
+    return write_gallery(
+        client, name, items, fingerprint=kw.pop("fingerprint", c.fingerprint), H=c.H, M=c.M,
+        K=c.K, source="demo/test", progress=False, **kw,
+    )  # fmt: skip
+
+
+def test_neighbour_stats_are_each_items_top_similarities():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((11, 5))
+    stats = neighbour_stats(a, b, k=4, chunk=3)
+    expected = -np.sort(-(a @ b.T), axis=1)[:, :4]
+    np.testing.assert_allclose(stats, expected, rtol=1e-5)
+    assert neighbour_stats(a, b, k=50).shape == (7, 11)  # k capped at what exists
+
+
+def test_load_writes_every_row_once_and_verifies_counts(
+    demo_gallery, client, runtime_settings, demo_checkpoint
+):
+    gallery = cols.open_gallery(client, demo_gallery)
+    split_rows = {"image": 20, "text": 100}
+    for modality, rows in split_rows.items():
+        assert gallery.rows(modality) == rows
+        for name in gallery.layout.collections(demo_gallery, modality):
+            assert milvus_arrays.count(client, name) == rows
+    # Loading again inserts nothing and leaves one copy of every row.
+    report = load(
+        runtime_settings, demo_gallery, checkpoint=demo_checkpoint, data="demo", progress=False
+    )
+    assert set(report.inserted.values()) == {0}
+    assert report.final == report.expected
+    assert all(v in (20, 100) for v in report.final.values())
+    row = milvus_arrays.fetch(client, f"{demo_gallery}_text_dense", [3], ["source", "image"])
+    assert row["image"][0] == 0  # captions 0..4 describe image 0
+    assert report.lines()[0].startswith(f"gallery '{demo_gallery}'")
+
+
+def test_resume_refusal_and_drop_on_one_gallery(client, demo_items):
+    model, _split, items = demo_items
+    name = "t_work"
+    _write(client, name, model, items, drop=True)
+    layout = cols.Layout("split")
+
+    # An interrupted load: one stage collection got only its first 37 rows.
+    part = f"{name}_text_pq"
+    meta = cols.read_meta(client, part)
+    client.drop_collection(part)
+    cols.create(client, meta)
+    client.insert(
+        part, [items["text"].row(i, layout.fields(name, "text", part)) for i in range(37)]
+    )
+    report = _write(client, name, model, items)
+    assert report.before[part] == 37 and report.inserted[part] == 63
+    assert report.inserted[f"{name}_text_dense"] == 0
+    assert report.final[part] == 100
+    codes = milvus_arrays.fetch(client, part, np.arange(100), ["codes"])["codes"]
+    np.testing.assert_array_equal(codes.astype(np.uint8), items["text"].encoded.pq_codes)
+
+    # Rows that are not the keys 0..n-1 a load writes: refused, not patched over.
+    part = f"{name}_image_hash"
+    client.drop_collection(part)
+    cols.create(client, cols.read_meta(client, f"{name}_image_dense"))
+    client.insert(part, [items["image"].row(i, ["hash"]) for i in (0, 5)])
+    with pytest.raises(MeetError, match="not the keys 0..1"):
+        _write(client, name, model, items)
+
+    # --drop rebuilds from nothing.
+    report = _write(client, name, model, items, drop=True)
+    assert set(report.before.values()) == {0}
+    assert report.final == report.expected
+
+
+def test_layout_follows_the_server_version():
+    assert cols.Layout.for_version("v2.3.5-lite").kind == "split"
+    assert cols.Layout.for_version("v2.4.13").kind == "multi"
+    assert cols.Layout.for_version("2.6.0").kind == "multi"
+    with pytest.raises(MeetError, match="2.3 or newer"):
+        cols.Layout.for_version("v2.2.16")
+    multi = cols.Layout("multi")
+    assert multi.collections("coco", "image") == ["coco_image"]
+    assert set(multi.fields("coco", "image", "coco_image")) >= {"hash", "head", "dense", "codes"}
+    split = cols.Layout("split")
+    assert split.collections("coco", "text") == [
+        "coco_text_dense",
+        "coco_text_hash",
+        "coco_text_pq",
+    ]
+
+
+def test_bad_names_and_missing_checkpoints_are_clear(runtime_settings, tmp_path):
+    with pytest.raises(MeetError, match="collection name 'bad-name'"):
+        load(runtime_settings, "bad-name")
+    with pytest.raises(MeetError, match="checkpoint .*no such directory"):
+        load(runtime_settings, "t_none", checkpoint=tmp_path / "nope", data="demo")

@@ -1,0 +1,109 @@
+"""MeetSearcher end to end on the loaded demo gallery: results, batches, diagnostics, bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from loaders.milvus_loader import encode_split, split_items, write_gallery
+from loaders.precomp import load_split
+from meet_milvus import MeetSearcher
+from meet_milvus.errors import MeetError
+from meet_milvus.results import Hit
+
+
+@pytest.fixture(scope="module")
+def searcher(runtime_settings, demo_gallery):
+    # No checkpoint given: the searcher takes the one the gallery was loaded with.
+    return MeetSearcher(demo_gallery, settings=runtime_settings)
+
+
+@pytest.fixture(scope="module")
+def split(runtime_settings):
+    return load_split(runtime_settings.data_dir, "demo", "test")
+
+
+def test_text_search_returns_typed_image_hits(searcher, split):
+    hits = searcher.search(split.captions[0], k=5)
+    assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)
+    assert all(h.modality == "image" and h.source == split.image_paths[h.id] for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_exact_search_matches_numpy(runtime_settings, demo_gallery, searcher, split):
+    exact = MeetSearcher(
+        demo_gallery, settings=runtime_settings, hash=False, pq=False, rerank=False
+    )
+    images, texts = encode_split(exact.model, split, runtime_settings.cache_dir, 64, False)
+    got = exact.search(split.captions[:3], k=4)
+    expected = np.argsort(-(texts.dense[:3] @ images.dense.T), axis=1)[:, :4]
+    assert [[h.id for h in row] for row in got] == expected.tolist()
+
+
+def test_batches_and_diagnostics(searcher, split):
+    batch = searcher.search(split.captions[:3], k=3, diagnostics=True)
+    assert len(batch) == 3 and all(len(row) == 3 for row in batch)
+    single = searcher.search(split.captions[1], k=3)
+    assert [h.id for h in batch[1]] == [h.id for h in single]
+    stages = batch[0][0].stages
+    assert list(stages) == ["hash", "pq", "dense", "rerank"]
+    assert stages["rerank"].rank == 1 and stages["dense"].rank is not None
+    assert searcher.search([], k=3) == []
+
+
+def test_image_search_by_path_and_by_features(searcher, split):
+    by_path = searcher.search_image(split.image_paths[0], k=5)
+    assert all(h.modality == "text" and h.source in split.captions for h in by_path)
+    by_features = searcher.search_image(np.asarray(split.images[0], np.float32), k=5)
+    assert [h.id for h in by_features] == [h.id for h in by_path]
+    batch = searcher.search_image(np.asarray(split.images[:2], np.float32), k=2)
+    assert len(batch) == 2 and [h.id for h in batch[0]] == [h.id for h in by_features[:2]]
+
+
+def test_bad_queries_get_one_clear_line(searcher, split):
+    for text in ("", "   \n"):
+        with pytest.raises(MeetError, match="query 0: the text is empty"):
+            searcher.search(text)
+    for k in (0, -3, 16385):
+        with pytest.raises(MeetError, match=f"k={k}: must be an integer between 1 and 16384"):
+            searcher.search("an apple", k=k)
+    with pytest.raises(MeetError, match="image features have dim 7"):
+        searcher.search_image(np.zeros((49, 7), np.float32))
+    with pytest.raises(MeetError, match="image file .*nope.jpg: not found"):
+        searcher.search_image("/nope.jpg")
+    with pytest.warns(UserWarning, match="tokens, the model reads the first"):
+        hits = searcher.search(" ".join(["apple"] * 300), k=2)
+    assert len(hits) == 2
+
+
+def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher, demo_checkpoint):
+    with pytest.raises(MeetError, match="collection 't_nothing': not found.*t_demo"):
+        MeetSearcher("t_nothing", checkpoint=demo_checkpoint, settings=runtime_settings)
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 64, False)
+    c = searcher.model.config
+    write_gallery(
+        searcher.client, "t_foreign", split_items(split, images, texts, 4),
+        fingerprint="f" * 32, H=c.H, M=c.M, K=c.K, source="demo/test", drop=True,
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(MeetError, match="loaded with model ffffffffffff, not with this"):
+        MeetSearcher("t_foreign", checkpoint=demo_checkpoint, settings=runtime_settings)
+
+
+def test_a_silent_milvus_is_named(runtime_settings, demo_checkpoint):
+    with pytest.raises(MeetError, match="127.0.0.1:9"):
+        MeetSearcher("t_demo", checkpoint=demo_checkpoint, uri="http://127.0.0.1:9",
+                     settings=runtime_settings)  # fmt: skip
+
+
+def test_bad_search_settings_are_named(runtime_settings, demo_gallery):
+    with pytest.raises(MeetError, match="search setting 'alhpa'"):
+        MeetSearcher(demo_gallery, settings=runtime_settings, alhpa=0.3)
+
+
+def test_importing_the_package_stays_light():
+    code = "import sys, meet_milvus; print('pymilvus' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
