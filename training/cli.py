@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from meet_milvus.errors import MeetError
+from training.coder.options import coder_options, coder_values
 from training.config import TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields (name, type, help).
@@ -28,7 +29,9 @@ _FIELDS: list[tuple[str, type | click.ParamType, str]] = [
     ("embed_size", int, "joint embedding size"),
     ("attn_dim", int, "width of the attention-pooling scorer"),
     ("pool_heads", int, "attention-pooling heads"),
-    ("dropout", float, "dropout in the pooling layers"),
+    ("dropout", float, "dropout in the pooling scorers"),
+    ("feature_dropout", float, "dropout on the pooled features"),
+    ("weight_decay", float, "AdamW weight decay"),
     ("H", int, "hash code bits"),
     ("M", int, "PQ sub-spaces"),
     ("K", int, "bits per PQ code (2**K codewords per sub-space, K <= 8)"),
@@ -48,8 +51,9 @@ _FIELDS: list[tuple[str, type | click.ParamType, str]] = [
     ("workers", int, "DataLoader worker processes"),
     ("seed", int, "random seed"),
     ("select", click.Choice(["dense", "sum"]), "best epoch by dense rSum or by dense+hash+pq"),
+    ("init_from", str, "start from this checkpoint's encoders (new heads and codebooks)"),
 ]
-_SWITCHES = ("lf", "lq", "filter", "reweight")
+_SWITCHES = ("lf", "lq", "filter", "reweight", "mlp")
 
 
 def _options(f):
@@ -66,7 +70,13 @@ def _options(f):
     )(f)
     for name in reversed(_SWITCHES):
         f = click.option(f"--no_{name}", f"no_{name}", is_flag=True, help=f"switch {name} off")(f)
-    return f
+    f = click.option(
+        "--freeze_encoders/--train_encoders",
+        "freeze_encoders",
+        default=None,
+        help="with --init_from: train only the heads (encoders frozen) [frozen]",
+    )(f)
+    return coder_options(f)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,7 +108,12 @@ def train_command(output, resume, ablation, device, config_file, data_dir, cache
     from meet_milvus.config import load_settings
 
     settings = load_settings(config_file, data_dir=data_dir, cache_dir=cache_dir, device=device)
+    coder = coder_values(kw)
     values = {name: kw[name] for name, _, _ in _FIELDS if kw[name] is not None}
+    if coder:
+        values["coder"] = coder
+    if kw["freeze_encoders"] is not None:
+        values["freeze_encoders"] = kw["freeze_encoders"]
     if "text_finetune" in values:
         values["text_finetune"] = bool(values["text_finetune"])
     if kw["max_violation"] is not None:
@@ -119,6 +134,11 @@ def train_command(output, resume, ablation, device, config_file, data_dir, cache
         config = _config(values)
 
     progress = not quiet
+    if ablation and config.objective == "coder":
+        from training.coder.ablation import run_coder_ablation
+
+        run_coder_ablation(config, settings, output=output, progress=progress)
+        return
     if ablation:
         from training.ablation import run_ablation
 

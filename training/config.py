@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.coder.config import CoderConfig, ConceptNetConfig
+
 FORMAT_VERSION = 1
 
 
@@ -27,7 +29,9 @@ class TrainConfig(BaseModel):
     embed_size: int = Field(1024, ge=8)
     attn_dim: int = Field(256, ge=1, description="width of the attention-pooling scorer")
     pool_heads: int = Field(4, ge=1, description="attention-pooling heads")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the pooling scorers")
+    feature_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on pooled features")
+    mlp: bool = Field(True, description="residual MLP beside the linear projection")
     # Codes.
     H: int = Field(64, ge=8)
     M: int = Field(8, ge=1)
@@ -53,13 +57,24 @@ class TrainConfig(BaseModel):
         None, gt=0, description="learning rate of the hash heads (None: learning_rate)"
     )
     lr_update: int = Field(15, ge=1)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = 2.0
     workers: int = Field(0, ge=0)
     seed: int = 0
     select: Literal["dense", "sum"] = "sum"
+    # CODER (issue 5): its hyper-parameters, set when objective is "coder".
+    coder: CoderConfig | None = None
+    # Start from another checkpoint's encoders (e.g. CODER's) with fresh heads and codebooks.
+    init_from: str | None = None
+    freeze_encoders: bool = Field(True, description="with init_from: train only the heads")
 
     @model_validator(mode="after")
     def _dims(self) -> TrainConfig:
+        if self.objective == "coder":
+            if self.coder is None:
+                self.coder = CoderConfig()
+            if "select" not in self.model_fields_set:
+                self.select = "dense"  # CODER trains no code heads
         if self.H % 8:
             raise ValueError(f"H={self.H} must be a multiple of 8 (codes are packed into bytes)")
         if self.H % self.M:
@@ -87,4 +102,6 @@ class ModelConfig(BaseModel):
     max_text_len: int
     epoch: int = 0
     scores: dict[str, float] = Field(default_factory=dict)  # dev rSums of this checkpoint
+    # CODER's concept branch; embed_dim is then the fused (instance + concept) size.
+    coder: ConceptNetConfig | None = None
     train: TrainConfig

@@ -55,32 +55,47 @@ class AttentionPool(nn.Module):
 
 
 class Projection(nn.Module):
-    """Pooled features -> joint space: a linear map plus a residual two-layer MLP (the
-    reference's precomp encoder), l2-normalised."""
+    """Pooled features -> joint space: a linear map plus (`mlp`) a residual two-layer MLP (the
+    reference's precomp encoder), l2-normalised. Dropout on the pooled features regularises the
+    map, which matters when test concepts are unseen in training (the demo)."""
 
-    def __init__(self, in_dim: int, embed_dim: int) -> None:
+    def __init__(self, in_dim: int, embed_dim: int, dropout: float = 0.0, mlp: bool = True):
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim, embed_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, embed_dim // 2), nn.ReLU(), nn.Linear(embed_dim // 2, embed_dim)
+        self.mlp = (
+            nn.Sequential(
+                nn.Linear(in_dim, embed_dim // 2), nn.ReLU(), nn.Linear(embed_dim // 2, embed_dim)
+            )
+            if mlp
+            else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return l2norm(self.fc(x) + self.mlp(x))
+        x = self.drop(x)
+        y = self.fc(x)
+        return l2norm(y if self.mlp is None else y + self.mlp(x))
 
 
 class ImageEncoder(nn.Module):
     """Region/grid features (B, R, D) or pooled (B, D) -> (B, E), unit length."""
 
     def __init__(
-        self, feature_dim: int, embed_dim: int, attn_dim: int, heads: int, dropout: float
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        attn_dim: int,
+        heads: int,
+        dropout: float,
+        feature_dropout: float = 0.0,
+        mlp: bool = True,
     ) -> None:
         super().__init__()
         self.feature_dim = feature_dim
         # Grid features are raw CNN activations: normalise per region first.
         self.norm = nn.LayerNorm(feature_dim)
         self.pool = AttentionPool(feature_dim, attn_dim, heads, dropout)
-        self.proj = Projection(feature_dim * heads, embed_dim)
+        self.proj = Projection(feature_dim * heads, embed_dim, feature_dropout, mlp)
 
     def forward(self, features: Tensor) -> Tensor:
         if features.dim() == 2:
@@ -100,6 +115,8 @@ class BiGRUTextEncoder(nn.Module):
         attn_dim: int,
         heads: int,
         dropout: float,
+        feature_dropout: float,
+        mlp: bool,
         max_len: int,
     ) -> None:
         super().__init__()
@@ -109,7 +126,7 @@ class BiGRUTextEncoder(nn.Module):
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.rnn = nn.GRU(word_dim, embed_dim, batch_first=True, bidirectional=True)
         self.pool = AttentionPool(embed_dim, attn_dim, heads, dropout)
-        self.proj = Projection(embed_dim * heads, embed_dim)
+        self.proj = Projection(embed_dim * heads, embed_dim, feature_dropout, mlp)
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         return self.vocab.batch(texts, self.max_len)
@@ -158,6 +175,8 @@ class BertTextEncoder(nn.Module):
         attn_dim: int,
         heads: int,
         dropout: float,
+        feature_dropout: float,
+        mlp: bool,
         max_len: int,
         finetune: bool,
     ) -> None:
@@ -168,7 +187,7 @@ class BertTextEncoder(nn.Module):
         self.finetune = finetune
         hidden = transformer.config.hidden_size
         self.pool = AttentionPool(hidden, attn_dim, heads, dropout)
-        self.proj = Projection(hidden * heads, embed_dim)
+        self.proj = Projection(hidden * heads, embed_dim, feature_dropout, mlp)
         if not finetune:
             self.transformer.requires_grad_(False)
             self.transformer.eval()

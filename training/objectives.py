@@ -99,7 +99,7 @@ def build_objective(config: TrainConfig) -> Objective:
 def _load_plugins() -> None:
     # Objectives living in sub-packages register themselves on import.
     try:
-        import training.coder  # noqa: F401
+        import training.coder.objective  # noqa: F401
     except ImportError:
         pass
 

@@ -79,6 +79,25 @@ def resume_dir(path: Path) -> Path:
     raise MeetError(f"resume {path}: no resumable run there (expected last/trainer.json)")
 
 
+# What defines the encoders: a run started --init_from another takes these from it.
+ENCODER_FIELDS = (
+    "text_encoder",
+    "text_model",
+    "text_finetune",
+    "max_text_len",
+    "word_dim",
+    "embed_size",
+    "attn_dim",
+    "pool_heads",
+    "dropout",
+)
+
+
+def inherit_encoders(config: TrainConfig, base: TrainConfig) -> TrainConfig:
+    """`config` with the encoder settings of the run it starts from (--init_from)."""
+    return config.model_copy(update={k: getattr(base, k) for k in ENCODER_FIELDS})
+
+
 def resumed_config(path: Path, **overrides) -> TrainConfig:
     """The saved run's config with `overrides` (e.g. num_epochs) applied."""
     saved = read_config(resume_dir(path)).train
@@ -162,7 +181,8 @@ class Trainer:
         if text:
             groups.append({"params": text, "lr": c.text_lr})
         self.base_lrs = [g["lr"] for g in groups]
-        return torch.optim.Adam(groups)
+        # AdamW with weight_decay=0 is Adam.
+        return torch.optim.AdamW(groups, weight_decay=c.weight_decay)
 
     def _text_batcher(self, net: MeetNet):
         enc = net.text_encoder
@@ -178,6 +198,17 @@ class Trainer:
             )
             return cache.lookup
         return enc.tokenize
+
+    def _init_from(self, path: Path) -> tuple[MeetNet, ProductQuantizer, ModelConfig]:
+        """Another checkpoint's network (encoders, concept branch) with new hash heads and
+        codebooks for this run's H, M, K."""
+        c = self.config
+        net, _, base = load_network(path, self.device)
+        update = {"H": c.H, "M": c.M, "K": c.K, "epoch": 0, "scores": {}, "train": c}
+        config = base.model_copy(update={**update, "fingerprint": ""})
+        net.reset_heads(c.H)
+        quantizer = ProductQuantizer(c.H, c.M, c.K)
+        return net.to(self.device), quantizer.to(self.device), config
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -196,6 +227,8 @@ class Trainer:
         if c.workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._load_data()
+        if c.init_from and resume is None:
+            self.config = c = inherit_encoders(c, read_config(c.init_from).train)
         torch.manual_seed(c.seed)
         objective = build_objective(c).to(self.device)
         if resume is not None:
@@ -204,12 +237,16 @@ class Trainer:
                 self.output = last.parent  # continue the run where it lives
             net, quantizer, self.model_config = load_network(last, self.device)
             self.model_config = self.model_config.model_copy(update={"train": c})
+        elif c.init_from:
+            net, quantizer, self.model_config = self._init_from(Path(c.init_from))
         else:
             self.model_config, vocab = self._model_config()
             self.model_config = objective.configure(self.model_config, self.train_split)
             net = build_net(self.model_config, vocab).to(self.device)
             quantizer = ProductQuantizer(c.H, c.M, c.K).to(self.device)
-        objective.attach(net, self.train_split, fresh=resume is None)
+        if c.init_from and c.freeze_encoders:
+            net.freeze_encoders()
+        objective.attach(net, self.train_split, fresh=resume is None and not c.init_from)
         if self.model_config.feature_dim != data_mod.feature_dim(self.train_split):
             raise MeetError(
                 f"resume {resume}: the model reads features of dim {self.model_config.feature_dim}"
