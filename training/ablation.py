@@ -32,15 +32,24 @@ def table(rows: list[dict], config: TrainConfig) -> str:
         f"text {config.text_encoder}, H={config.H}, M={config.M}, K={config.K}, "
         f"seed {config.seed})",
         "",
+    ]
+    return "\n".join(lines + rsum_rows(rows)) + "\n"
+
+
+def rsum_rows(rows: list[dict]) -> list[str]:
+    """Markdown table lines for rows of (name, dense, hash, pq, seconds); a row whose
+    `codes` is False (an objective without code heads) shows no hash/PQ figures."""
+    lines = [
         "| configuration | dense | hash only (Hamming) | PQ only (ADC) | train time |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        codes = r.get("codes", True)
+        hash_, pq = (f"{r['hash']:.1f}", f"{r['pq']:.1f}") if codes else ("—", "—")
         lines.append(
-            f"| {r['name']} | {r['dense']:.1f} | {r['hash']:.1f} | {r['pq']:.1f} | "
-            f"{r['seconds'] / 60:.1f} min |"
+            f"| {r['name']} | {r['dense']:.1f} | {hash_} | {pq} | {r['seconds'] / 60:.1f} min |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def run_ablation(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError
+from training.ablation import rsum_rows
 from training.coder.config import CoderConfig
 from training.config import TrainConfig
 
@@ -88,16 +89,8 @@ def table(rows: list[dict], config: TrainConfig) -> str:
         f"(embed {rows[0]['embed']}, text {config.text_encoder}, seed {config.seed}; "
         "`meet-train --objective coder --ablation`)",
         "",
-        "| configuration | dense | hash only (Hamming) | PQ only (ADC) | train time |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        codes = r["codes"]
-        hash_, pq = (f"{r['hash']:.1f}", f"{r['pq']:.1f}") if codes else ("—", "—")
-        lines.append(
-            f"| {r['name']} | {r['dense']:.1f} | {hash_} | {pq} | {r['seconds'] / 60:.1f} min |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + rsum_rows(rows)) + "\n"
 
 
 def run_coder_ablation(
