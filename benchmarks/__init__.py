@@ -1,0 +1,1 @@
+"""Benchmarks (the `bench` extra): synthetic gallery generator and the cascade benchmark."""
