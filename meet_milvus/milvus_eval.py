@@ -84,7 +84,7 @@ def run_method(
             ranked = []
             for lo in range(0, n, batch):
                 q = np.arange(lo, min(n, lo + batch))
-                traces = cascade.trace(_rows(encoded, q))
+                traces = cascade.trace(encoded[q])
                 for s, trace in enumerate(traces):
                     ids = trace.candidates.ids
                     seconds[s] += trace.seconds
@@ -103,14 +103,6 @@ def run_method(
         rankings["i2t"], rankings["t2i"], split.caption_image, split.n_images
     )
     return MethodResult(name, recall, stats)
-
-
-def _rows(encoded: Encoded, rows: np.ndarray) -> Encoded:
-    from training import Encoded
-
-    return Encoded(
-        encoded.dense[rows], encoded.head[rows], encoded.hash_codes[rows], encoded.pq_codes[rows]
-    )
 
 
 def format_stages(results: list[MethodResult]) -> str:
@@ -164,7 +156,7 @@ def tune_rerank(
             stage = Rerank(searcher.client, searcher.gallery, gallery)
             parts = []
             for lo in range(0, len(encoded), batch):
-                q = _rows(encoded, np.arange(lo, min(len(encoded), lo + batch)))
+                q = encoded[lo : lo + batch]
                 candidates: Candidates = cascade(q)
                 parts.append(stage.inputs(q, candidates, max(zs)))
             prepared[direction] = [np.concatenate(p) for p in zip(*parts, strict=True)]

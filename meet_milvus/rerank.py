@@ -25,14 +25,19 @@ import numpy as np
 from meet_milvus.errors import MeetError
 
 
+# Similarities within float error are a tie, not a rank: a gallery item queried again (from its
+# image file, or through another float path) scores about 1e-6 off its stored neighbour value.
+TIE = 1e-4
+
+
 def reverse_ranks(sims: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """Rank of each query among each candidate's stored neighbours, 0 = its nearest.
 
     sims (nq, z): query-candidate similarity; neighbours (nq, z, k): each candidate's top-k
     similarities to items of the query's modality, descending. Returns (nq, z) ints in [0, k]:
-    how many stored neighbours are strictly more similar than the query.
+    how many stored neighbours are more similar than the query by more than `TIE`.
     """
-    return (neighbours > sims[..., None]).sum(axis=-1)
+    return (neighbours > sims[..., None] + TIE).sum(axis=-1)
 
 
 def complementarity(ranks: np.ndarray, k: int) -> np.ndarray:

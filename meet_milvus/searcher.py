@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from training import Encoded, MeetModel
 
 Keep = int | float
+QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
 
 
 class SearchConfig(BaseModel):
@@ -48,7 +49,9 @@ class SearchConfig(BaseModel):
     Defaults chosen on the demo dev split (500 images / 2500 captions; README): the smallest
     sizes within ~1 rSum point of the best cascade, and the best re-ranking weights of a grid.
     MEET's reference likewise keeps 60% of the images for text queries and 30% of the texts
-    for image queries on 1K/5K galleries. Fractions are capped at 16384 (Milvus's topk).
+    for image queries on 1K/5K galleries. Milvus caps a search at 16384 hits; the client-side
+    Hamming scan (`hash_mode="client"`) and the ADC stage have no cap, which is what a gallery
+    of millions needs for recall (benchmarks/README.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,6 +59,9 @@ class SearchConfig(BaseModel):
     hash: bool = True
     hash_keep_images: Keep = Field(0.6, description="stage-1 size searching images")
     hash_keep_texts: Keep = Field(0.3, description="stage-1 size searching captions")
+    hash_mode: Literal["milvus", "client"] = Field(
+        "milvus", description="Hamming stage: Milvus BIN_IVF_FLAT, or a scan of cached codes"
+    )
     nprobe: int | None = Field(None, description="IVF lists probed (default: all, exact)")
     pq: bool = True
     pq_keep_images: Keep = 0.5
@@ -110,7 +116,8 @@ class MeetSearcher:
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
-        self._quantizers: dict[str, QuantizedFilter] = {}
+        # Stages that cache a gallery's codes client-side live as long as the searcher.
+        self._stages: dict[tuple[type, str], Any] = {}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -177,9 +184,14 @@ class MeetSearcher:
         c, g, cfg = self.client, self.gallery, self.config
         stages: list[Stage] = []
         if cfg.hash:
-            stages.append(HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe))
+            hamming = self._stage(HammingFilter, gallery, nprobe=cfg.nprobe)
+            hamming.keep, hamming.mode = cfg.keep("hash", gallery), cfg.hash_mode
+            stages.append(hamming)
         if cfg.pq:
-            pq = self._quantizer(gallery)
+            pq = self._stage(
+                QuantizedFilter, gallery, codebooks=self.model.codebooks, mode=cfg.pq_mode,
+                nprobe=cfg.nprobe,
+            )  # fmt: skip
             pq.keep = cfg.keep("pq", gallery)
             stages.append(pq)
         if cfg.exact or not stages:
@@ -194,9 +206,14 @@ class MeetSearcher:
     ) -> list[list[Hit]]:
         """Encoded queries through the cascade: the top k hits of each."""
         check_k(k)
-        traces = self.cascade(gallery, k).trace(queries)
-        final = traces[-1].candidates.head(k)
-        return self._hits(final, gallery, traces if diagnostics else None)
+        cascade, hits = self.cascade(gallery, k), []
+        # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery wide.
+        step = max(1, QUERY_CELLS // self.gallery.meta[gallery].rows)
+        for lo in range(0, len(queries), step):
+            traces = cascade.trace(queries[lo : lo + step])
+            final = traces[-1].candidates.head(k)
+            hits += self._hits(final, gallery, traces if diagnostics else None)
+        return hits
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -208,13 +225,11 @@ class MeetSearcher:
             raise MeetError(f"collection '{collection}': records no checkpoint; pass checkpoint=")
         return Path(path)
 
-    def _quantizer(self, gallery: Modality) -> QuantizedFilter:
-        if gallery not in self._quantizers:
-            self._quantizers[gallery] = QuantizedFilter(
-                self.client, self.gallery, gallery, self.model.codebooks,
-                mode=self.config.pq_mode, nprobe=self.config.nprobe,
-            )  # fmt: skip
-        return self._quantizers[gallery]
+    def _stage(self, kind: type, gallery: Modality, **kwargs: Any) -> Any:
+        key = (kind, gallery)
+        if key not in self._stages:
+            self._stages[key] = kind(self.client, self.gallery, gallery, **kwargs)
+        return self._stages[key]
 
     def _hits(
         self, final: Candidates, gallery: Modality, traces: list[StageTrace] | None

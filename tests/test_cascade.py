@@ -11,6 +11,8 @@ from meet_milvus.cascade import (
     HammingFilter,
     QuantizedFilter,
     Rerank,
+    as_words,
+    hamming_top,
     resolve_keep,
 )
 from meet_milvus.collections import open_gallery
@@ -47,6 +49,32 @@ def test_hamming_filter_keeps_the_nearest_codes(setup):
     np.testing.assert_array_equal(got, np.sort(dist, axis=1)[:, :10])  # exact: all lists probed
 
 
+def test_client_hamming_scan_matches_milvus(setup):
+    client, gallery, _model, images, texts = setup
+    milvus = HammingFilter(client, gallery, "image", keep=0.5)(texts)
+    scan = HammingFilter(client, gallery, "image", keep=0.5, mode="client")
+    out = scan(texts)
+    np.testing.assert_array_equal(out.scores, milvus.scores)  # same distances, ties aside
+    dist = _hamming(texts.hash_codes, images.hash_codes)
+    np.testing.assert_array_equal(np.take_along_axis(dist, out.ids, 1), -out.scores)
+    assert scan.words().nbytes == 8 * gallery.meta["image"].rows  # 8 bytes an item, cached
+    whole = HammingFilter(client, gallery, "image", keep=1.0, mode="client")(texts)
+    assert sorted(whole.ids[0]) == list(range(gallery.meta["image"].rows))  # no topk cap
+
+
+def test_hamming_top_handles_wide_codes_and_ties():
+    rng = np.random.default_rng(0)
+    for nbytes, limit in ((3, 50), (8, 700), (16, 1)):
+        gal = rng.integers(0, 256, (1000, nbytes), dtype=np.uint8)
+        gal[500:] = gal[:500]  # every distance appears at least twice: ties at the cut
+        qs = rng.integers(0, 256, (4, nbytes), dtype=np.uint8)
+        out = hamming_top(as_words(gal), as_words(qs), limit, 8 * nbytes)
+        dist = _hamming(qs, gal)
+        np.testing.assert_array_equal(-out.scores, np.sort(dist, axis=1)[:, :limit])
+        np.testing.assert_array_equal(np.take_along_axis(dist, out.ids, 1), -out.scores)
+        assert all(len(set(row)) == limit for row in out.ids)
+
+
 def test_adc_reproduces_the_models_pq_ranking(setup):
     client, gallery, model, images, texts = setup
     stage = QuantizedFilter(client, gallery, "text", model.codebooks, keep=15)
@@ -80,8 +108,17 @@ def test_exact_rescore_is_exact(setup):
     first = ExactRescore(client, gallery, "image", keep=5)(texts)  # Milvus FLAT search
     np.testing.assert_allclose(first.scores, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)
     candidates = Candidates(np.tile(np.arange(20), (100, 1)), np.zeros((100, 20), np.float32))
-    rescored = ExactRescore(client, gallery, "image", keep=5)(texts, candidates)
-    np.testing.assert_array_equal(rescored.ids, first.ids)
+    for mode in ("auto", "search", "fetch"):
+        rescored = ExactRescore(client, gallery, "image", keep=5, mode=mode)(texts, candidates)
+        np.testing.assert_array_equal(rescored.ids, first.ids)
+        np.testing.assert_allclose(rescored.scores, first.scores, atol=1e-5)
+    ragged = Candidates(
+        np.where(np.arange(20) < 3, np.arange(20), -1)[None].repeat(100, 0), candidates.scores
+    )  # three survivors per query: the search mode returns three, then -1
+    out = ExactRescore(client, gallery, "image", keep=5, mode="search")(texts, ragged)
+    assert (out.ids[:, 3:] == -1).all() and sorted(out.ids[0, :3]) == [0, 1, 2]
+    with pytest.raises(MeetError, match="exact stage mode"):
+        ExactRescore(client, gallery, "image", mode="scan")
 
 
 def test_cascade_traces_every_stage(setup):
@@ -124,6 +161,7 @@ def test_stage_sizes():
     assert resolve_keep(0.3, 1000) == 300
     assert resolve_keep(50, 20) == 20
     assert resolve_keep(1.0, 10**6) == 16384  # Milvus topk limit
+    assert resolve_keep(1.0, 10**6, cap=10**6) == 10**6  # client-side stages
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(MeetError):
             resolve_keep(bad, 100)

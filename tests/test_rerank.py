@@ -16,6 +16,8 @@ def test_reverse_rank_counts_stored_neighbours_above_the_query():
     sims = np.array([[0.85, 0.45]])
     assert reverse_ranks(sims, neighbours).tolist() == [[1, 0]]
     assert reverse_ranks(np.array([[0.1, 0.1]]), neighbours).tolist() == [[3, 3]]
+    # The query itself stored as a neighbour, a float rounding away: a tie, not a rank.
+    assert reverse_ranks(np.array([[0.8 - 1e-6, 0.4 - 1e-6]]), neighbours).tolist() == [[1, 0]]
 
 
 def test_complementarity_is_one_at_the_top_and_zero_past_k():

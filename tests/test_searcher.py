@@ -52,6 +52,25 @@ def test_batches_and_diagnostics(searcher, split):
     assert searcher.search([], k=3) == []
 
 
+def test_client_hamming_and_chunked_batches_give_the_same_hits(
+    runtime_settings, demo_gallery, searcher, split, monkeypatch
+):
+    from meet_milvus import searcher as searcher_mod
+
+    queries = split.captions[:6]
+    expected = [[h.id for h in row] for row in searcher.search(queries, k=5)]
+    # Hamming ties at the cut may fall either way in Milvus and in the scan: keep every image.
+    both = [
+        MeetSearcher(demo_gallery, settings=runtime_settings, hash_mode=m, hash_keep_images=1.0)
+        for m in ("milvus", "client")
+    ]
+    milvus, client = ([[h.id for h in row] for row in s.search(queries, k=5)] for s in both)
+    assert client == milvus
+    monkeypatch.setattr(searcher_mod, "QUERY_CELLS", 2 * searcher.gallery.meta["image"].rows)
+    chunked = searcher.search(queries, k=5)  # three cascade calls of two queries
+    assert [[h.id for h in row] for row in chunked] == expected
+
+
 def test_image_search_by_path_and_by_features(searcher, split):
     by_path = searcher.search_image(split.image_paths[0], k=5)
     assert all(h.modality == "text" and h.source in split.captions for h in by_path)

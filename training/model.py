@@ -31,6 +31,12 @@ class Encoded:
     def __len__(self) -> int:
         return int(self.dense.shape[0])
 
+    def __getitem__(self, rows: slice | np.ndarray) -> Encoded:
+        """The same items' rows (a slice or an index array), every representation."""
+        return Encoded(
+            self.dense[rows], self.head[rows], self.hash_codes[rows], self.pq_codes[rows]
+        )
+
 
 class MeetModel:
     """Encoders, hash heads and PQ codebooks of one checkpoint, on one device.

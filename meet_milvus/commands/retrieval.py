@@ -42,6 +42,15 @@ def _searcher(collection: str, checkpoint: Path | None, **overrides):
     return MeetSearcher(collection, checkpoint=checkpoint, settings=_settings(), **overrides)
 
 
+HASH_MODE = "--hash-mode"
+HASH_MODE_HELP = "Hamming stage: Milvus BIN_IVF_FLAT, or a client-side scan (no topk cap) [milvus]"
+
+
+def _given(**options: object) -> dict:
+    """The options the user set (None: keep the searcher's default)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 @click.command("search")
 @click.argument("text", required=False)
 @click.option("--image", type=click.Path(path_type=Path), help="find captions for this image")
@@ -50,7 +59,8 @@ def _searcher(collection: str, checkpoint: Path | None, **overrides):
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
 @click.option("--no-rerank", is_flag=True, help="skip consistency/complementarity re-ranking")
 @click.option("--diagnostics", is_flag=True, help="show each result's rank after every stage")
-def search(text, image, collection, k, checkpoint, no_rerank, diagnostics) -> None:
+@click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
+def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_mode) -> None:
     """Images for TEXT, or captions for --image, as a table (rank, score, source)."""
     from meet_milvus.searcher import check_k
 
@@ -59,7 +69,8 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics) -> No
     check_k(k)
     if text is not None and not text.strip():
         raise MeetError("query 0: the text is empty")  # before the slow model load
-    searcher = _searcher(collection, checkpoint, **({"rerank": False} if no_rerank else {}))
+    overrides = {"rerank": False} if no_rerank else {}
+    searcher = _searcher(collection, checkpoint, **overrides, **_given(hash_mode=hash_mode))
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,9 +100,10 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics) -> No
     help="methods to run [all]",
 )
 @click.option("--pq-mode", type=click.Choice(["adc", "milvus"]), help="quantized stage [adc]")
+@click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
 @click.option("--tune", is_flag=True, help="grid-search alpha, beta, z (on a dev gallery)")
 @click.option("--batch-size", default=256, show_default=True, help="queries per request")
-def evaluate(collection, checkpoint, methods, pq_mode, tune, batch_size) -> None:
+def evaluate(collection, checkpoint, methods, pq_mode, hash_mode, tune, batch_size) -> None:
     """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
     from loaders.milvus_loader import encode_split
     from loaders.precomp import load_split
@@ -99,7 +111,7 @@ def evaluate(collection, checkpoint, methods, pq_mode, tune, batch_size) -> None
     from meet_milvus.evaluation import format_table
 
     settings = _settings()
-    searcher = _searcher(collection, checkpoint, **({"pq_mode": pq_mode} if pq_mode else {}))
+    searcher = _searcher(collection, checkpoint, **_given(pq_mode=pq_mode, hash_mode=hash_mode))
     meta = searcher.gallery.meta["image"]
     data, split_name = meta.source.rsplit("/", 1)
     split = load_split(settings.data_dir, data, split_name)
@@ -136,7 +148,8 @@ def evaluate(collection, checkpoint, methods, pq_mode, tune, batch_size) -> None
 def format_stages_header(searcher, batch_size: int) -> str:
     c = searcher.config
     return (
-        f"stages (batches of {batch_size} queries; hash keeps {c.hash_keep_images} of images / "
+        f"stages (batches of {batch_size} queries; hash ({c.hash_mode}) keeps "
+        f"{c.hash_keep_images} of images / "
         f"{c.hash_keep_texts} of texts, PQ ({c.pq_mode}) keeps {c.pq_keep_images} / "
         f"{c.pq_keep_texts} of those; re-ranking alpha={c.alpha} beta={c.beta} z={c.z}):"
     )
