@@ -30,7 +30,9 @@ class TrainConfig(BaseModel):
     attn_dim: int = Field(256, ge=1, description="width of the attention-pooling scorer")
     pool_heads: int = Field(4, ge=1, description="attention-pooling heads")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the pooling scorers")
-    feature_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on pooled features")
+    # Regularised by default: with feature dropout 0.3 and weight decay 0.05 the demo's best
+    # dev rSum (dense / hash / PQ) rose from 127.1 / 50.4 / 86.1 to 134.9 / 61.2 / 96.9.
+    feature_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on pooled features")
     mlp: bool = Field(True, description="residual MLP beside the linear projection")
     # Codes.
     H: int = Field(64, ge=8)
@@ -50,14 +52,19 @@ class TrainConfig(BaseModel):
     filter_warmup: int = Field(1, ge=0, description="epochs before the similarity filter acts")
     temperature: float = Field(0.1, gt=0, description="hardness softmax temperature")
     # Optimisation.
-    num_epochs: int = Field(6, ge=1)
+    # On the demo, dev rSum peaks after one epoch (dev/test stamps are unseen; later epochs fit
+    # the training stamps): measured dense+hash+PQ 263.6, 238.7, 205.7, 203.0 over 4 epochs.
+    # Two epochs keep the demo run at a few minutes on 2 cores; the best epoch is kept.
+    num_epochs: int = Field(2, ge=1)
     batch_size: int = Field(128, ge=2)
     learning_rate: float = Field(2e-4, gt=0)
+    # The heads start as random hyperplanes of unit scale: at the encoders' rate they barely
+    # move in a demo-sized run.
     learning_hash_rate: float | None = Field(
-        None, gt=0, description="learning rate of the hash heads (None: learning_rate)"
+        1e-2, gt=0, description="learning rate of the hash heads (unset: --learning_rate)"
     )
     lr_update: int = Field(15, ge=1)
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
     grad_clip: float = 2.0
     workers: int = Field(0, ge=0)
     seed: int = 0

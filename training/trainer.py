@@ -248,9 +248,10 @@ class Trainer:
             net.freeze_encoders()
         objective.attach(net, self.train_split, fresh=resume is None and not c.init_from)
         if self.model_config.feature_dim != data_mod.feature_dim(self.train_split):
+            source = f"resume {resume}" if resume is not None else f"--init_from {c.init_from}"
             raise MeetError(
-                f"resume {resume}: the model reads features of dim {self.model_config.feature_dim}"
-                f", data set {c.data_name!r} has {data_mod.feature_dim(self.train_split)}"
+                f"{source}: the model reads features of dim {self.model_config.feature_dim}, "
+                f"data set {c.data_name!r} has {data_mod.feature_dim(self.train_split)}"
             )
         optimizer = self._optimizer(net, objective)
         scaler = torch.amp.GradScaler("cuda") if self.cuda else None
