@@ -215,7 +215,7 @@ def measure_cascade(cascade, queries, truth: np.ndarray, n_latency: int, batch: 
     stage_s: dict[str, float] = {}
     start = time.perf_counter()
     for lo in range(0, n, batch):  # bounded batches: a stage may hold (nq, Q, dim) floats
-        for t in cascade.trace(queries[lo : lo + batch]):
+        for t in cascade.trace(queries[lo : min(n, lo + batch)]):
             found.setdefault(t.name, []).append(t.candidates.ids)
             stage_s[t.name] = stage_s.get(t.name, 0.0) + t.seconds
     seconds = time.perf_counter() - start
