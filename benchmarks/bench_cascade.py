@@ -610,7 +610,8 @@ def _settings(text: str) -> list[Setting]:
 @click.option(
     "--settings",
     "settings_text",
-    default="milvus:16384:4096,client:16384:4096,client:65536:4096,client:65536:8192",
+    default="milvus:4096:1024,milvus:16384:4096,client:16384:1024,client:32768:2048,"
+    "client:65536:2048,client:65536:4096,client:131072:4096,client:131072:8192",
     show_default=True,
     help="cascade settings [milvus|client:]R:Q: the Hamming stage's mode, then the sizes "
     "(counts, or fractions with a dot)",
