@@ -6,6 +6,7 @@ per-stage latency and the share of true matches each stage keeps; and tune the r
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -174,3 +175,50 @@ def tune_rerank(
         )
         results.append(TuneResult(alpha, beta, z, recall.rsum))
     return sorted(results, key=lambda r: (-r.rsum, r.alpha + r.beta, r.z))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which quantized stage reproduces the trained model's PQ ranking
+
+
+@dataclass(frozen=True)
+class PQAgreement:
+    mode: str
+    direction: str
+    agreement: float  # % of the model's own ADC top-`depth` that the mode returns
+    ms_per_query: float
+
+
+def pq_agreement(
+    searcher: MeetSearcher, queries: dict[str, Encoded], depth: int = 10, batch: int = 256
+) -> list[PQAgreement]:
+    """PQ-only search through Milvus in each quantized-stage mode, against the model's own
+    ranking: ADC with the checkpoint's codebooks over the gallery's codes, in numpy."""
+    model, base = searcher.model, searcher.config
+    out = []
+    for direction, gallery in DIRECTIONS.items():
+        encoded, items = queries[direction], queries[_other(direction)]
+        reference = encoded.head @ model.pq_reconstruct(items.pq_codes).T
+        expected = np.argsort(-reference, axis=1, kind="stable")[:, :depth]
+        for mode in ("adc", "milvus"):
+            update = dict(hash=False, pq=True, exact=False, rerank=False, pq_mode=mode)
+            searcher.config = base.model_copy(
+                update=update | {"pq_keep_images": depth, "pq_keep_texts": depth}
+            )
+            try:
+                cascade, found, start = searcher.cascade(gallery, k=depth), [], time.perf_counter()
+                for lo in range(0, len(encoded), batch):
+                    found.append(cascade(encoded[lo : lo + batch]).ids[:, :depth])
+                seconds = time.perf_counter() - start
+            finally:
+                searcher.config = base
+            hits = [
+                len(set(f) & set(e)) for f, e in zip(np.concatenate(found), expected, strict=True)
+            ]
+            share = 100 * float(np.sum(hits)) / expected.size
+            out.append(PQAgreement(mode, direction, share, 1000 * seconds / len(encoded)))
+    return out
+
+
+def _other(direction: str) -> str:
+    return "t2i" if direction == "i2t" else "i2t"

@@ -24,7 +24,6 @@ import numpy as np
 
 from meet_milvus.errors import MeetError
 
-
 # Similarities within float error are a tie, not a rank: a gallery item queried again (from its
 # image file, or through another float path) scores about 1e-6 off its stored neighbour value.
 TIE = 1e-4

@@ -47,6 +47,22 @@ def test_eval_prints_recall_and_stage_tables(flags, demo_gallery):
     assert "| cascade + re-ranking | t2i | rerank |" in out
 
 
+def test_eval_measures_which_pq_stage_reproduces_the_model(flags, demo_gallery):
+    out = _run(flags, "eval", "--collection", demo_gallery, "--pq-agreement", "--hash-mode",
+               "milvus")  # fmt: skip
+    rows = {
+        tuple(cells[:2]): float(cells[2])
+        for line in out.splitlines()
+        if line.startswith("| adc |") or line.startswith("| milvus |")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {(m, d) for m in ("adc", "milvus") for d in ("i2t", "t2i")}
+    # The client-side ADC is the model's own scoring: it returns the model's top-10 (float
+    # ties aside); Milvus IVF_PQ trains its own codebooks, so it need not.
+    assert rows["adc", "i2t"] >= 99 and rows["adc", "t2i"] >= 99
+    assert all(0 <= v <= 100 for v in rows.values())
+
+
 def test_user_errors_exit_2_with_one_line(runtime_settings):
     env = dict(os.environ, MEET_MILVUS_URI=runtime_settings.milvus_uri,
                MEET_DATA_DIR=str(runtime_settings.data_dir))  # fmt: skip

@@ -43,7 +43,7 @@ def _searcher(collection: str, checkpoint: Path | None, **overrides):
 
 
 HASH_MODE = "--hash-mode"
-HASH_MODE_HELP = "Hamming stage: Milvus BIN_IVF_FLAT, or a client-side scan (no topk cap) [milvus]"
+HASH_MODE_HELP = "Hamming stage: a client-side scan (no topk cap) or Milvus BIN_IVF_FLAT [client]"
 
 
 def _given(**options: object) -> dict:
@@ -102,8 +102,15 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_
 @click.option("--pq-mode", type=click.Choice(["adc", "milvus"]), help="quantized stage [adc]")
 @click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
 @click.option("--tune", is_flag=True, help="grid-search alpha, beta, z (on a dev gallery)")
+@click.option(
+    "--pq-agreement",
+    is_flag=True,
+    help="how well each quantized-stage mode reproduces the model's own PQ top-10",
+)
 @click.option("--batch-size", default=256, show_default=True, help="queries per request")
-def evaluate(collection, checkpoint, methods, pq_mode, hash_mode, tune, batch_size) -> None:
+def evaluate(
+    collection, checkpoint, methods, pq_mode, hash_mode, tune, pq_agreement, batch_size
+) -> None:
     """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
     from loaders.milvus_loader import encode_split
     from loaders.precomp import load_split
@@ -127,6 +134,12 @@ def evaluate(collection, checkpoint, methods, pq_mode, hash_mode, tune, batch_si
         f"{meta.source}: {split.n_images} images, {split.n_captions} captions; "
         f"gallery '{collection}', model {meta.fingerprint[:12]}"
     )
+    if pq_agreement:
+        click.echo("| PQ stage | direction | model's PQ top-10 returned % | ms/query |")
+        click.echo("|---|---|---:|---:|")
+        for r in milvus_eval.pq_agreement(searcher, queries, batch=batch_size):
+            click.echo(f"| {r.mode} | {r.direction} | {r.agreement:.1f} | {r.ms_per_query:.2f} |")
+        return
     if tune:
         if split_name.startswith("test"):
             click.echo("warning: tuning on a test split; tune on dev and report test", err=True)
