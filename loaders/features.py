@@ -103,23 +103,26 @@ class GridFeatureExtractor:
     ) -> np.ndarray:
         """Features of the image files `paths`, (N, 49, 1280) in `dtype` (default float32)."""
         out = np.empty((len(paths), GRID * GRID, FEATURE_DIM), dtype=dtype)
-        missing: list[tuple[int, str]] = []  # (row, content hash) still to compute
+        # Content hash -> rows still to compute: the same image twice is computed once (batch
+        # composition changes the last bits of a CPU forward pass).
+        missing: dict[str, list[int]] = {}
         for i, path in enumerate(paths):
             digest = _file_hash(path)
-            cached = self._cached(digest)
+            cached = None if digest in missing else self._cached(digest)
             if cached is None:
-                missing.append((i, digest))
+                missing.setdefault(digest, []).append(i)
             else:
                 out[i] = cached
-        bar = _progress(len(paths), len(paths) - len(missing), progress)
+        todo = list(missing.items())
+        bar = _progress(len(paths), len(paths) - sum(len(r) for _, r in todo), progress)
         try:
-            for start in range(0, len(missing), batch_size):
-                chunk = missing[start : start + batch_size]
-                feats = self._forward([load_image(paths[i]) for i, _ in chunk])
-                for (i, digest), f in zip(chunk, feats, strict=True):
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                feats = self._forward([load_image(paths[rows[0]]) for _, rows in chunk])
+                for (digest, rows), f in zip(chunk, feats, strict=True):
                     self._store(digest, f)
-                    out[i] = f
-                bar.update(len(chunk))
+                    out[rows] = f
+                bar.update(sum(len(rows) for _, rows in chunk))
         finally:
             bar.close()
         return out
@@ -136,7 +139,8 @@ class GridFeatureExtractor:
 
     def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(B, 49, 1280) float16: features are kept at half precision everywhere (cache and data
-        sets), so a cached and a fresh extraction give identical numbers."""
+        sets), so a cached and a fresh extraction agree to float16's last bit (the batch an
+        image is computed in can round a few values the other way)."""
         import torch
 
         x = torch.from_numpy(preprocess(images)).to(self.device)

@@ -123,9 +123,10 @@ def test_features_cached_by_content(demo_data, photos, tmp_path):
     again = fresh.extract([photos / "copy.jpg", photos / "a.jpg"], progress=False)
     assert fresh._model is None
     np.testing.assert_array_equal(again, feats[[1, 0]])
-    # In-memory images give the same numbers as their files.
+    # In-memory images give the same numbers as their files, to float16's last bit: a CPU
+    # forward pass of another batch composition may round a few values the other way.
     with Image.open(photos / "a.jpg") as im:
-        np.testing.assert_array_equal(fx.extract_images([im]), feats[:1])
+        np.testing.assert_allclose(fx.extract_images([im]), feats[:1], rtol=2e-3, atol=1e-3)
 
 
 def test_unreadable_image(photos):
