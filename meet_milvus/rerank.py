@@ -71,7 +71,7 @@ def consistency(
 class Reranker:
     """final = sim + alpha·consistency + beta·complementarity over each query's top z."""
 
-    alpha: float = 0.1
+    alpha: float = 0.0  # the demo dev split's best (meet_milvus.searcher.SearchConfig)
     beta: float = 0.4
     z: int = 30
     temperature: float = 0.05
