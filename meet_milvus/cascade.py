@@ -13,8 +13,9 @@ ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) 
                     the survivors' ids, or embeddings fetched once for a batch (`auto` picks)
     Rerank          consistency + complementarity over the top z (meet_milvus.rerank)
 
-Client-side stages cache a gallery's codes on first use (H/8 + M bytes an item: 16 at 1M items
-is 16 MB); a searcher opened before a gallery grows does not see the new rows.
+Client-side stages fetch a gallery's codes once into `store`, a dict that several stages (and
+cascades) can share (H/8 + M bytes an item: 16 MB at 1M items); a store filled before a gallery
+grows does not see the new rows.
 
 `Cascade(stages)` runs them in order and can return each stage's output with its latency.
 Sizes (`keep`) are a count (int) or a fraction (float in (0, 1]) of what the stage receives.
@@ -100,12 +101,19 @@ class _GalleryStage:
         self.gallery = gallery
         self.modality = modality
         self.meta = gallery.meta[modality]
+        self.store: dict = {}  # whole-gallery arrays fetched once (see _every)
 
     def _collection(self, field: str) -> str:
         return self.gallery.collection(self.modality, field)
 
     def _every(self, field: str) -> np.ndarray:
-        """Every item's `field` (ids are 0..rows-1), fetched in ranges of ids."""
+        """Every item's `field` (ids are 0..rows-1), fetched once into the store."""
+        key = (self.meta.gallery, self.modality, field)
+        if key not in self.store:
+            self.store[key] = self._fetch_every(field)
+        return self.store[key]
+
+    def _fetch_every(self, field: str) -> np.ndarray:
         rows, step = self.meta.rows, MAX_TOPK
         name, out = self._collection(field), None
         for lo in range(0, rows, step):
@@ -155,6 +163,7 @@ class HammingFilter(_GalleryStage):
         keep: Keep = 0.3,
         nprobe: int | None = None,
         mode: Literal["milvus", "client"] = "milvus",
+        store: dict | None = None,
     ) -> None:
         super().__init__(client, gallery, modality)
         if mode not in ("milvus", "client"):
@@ -162,7 +171,8 @@ class HammingFilter(_GalleryStage):
         self.keep = keep
         self.mode = mode
         self.nprobe = nprobe or self.meta.nlist
-        self.as_words: np.ndarray | None = None
+        if store is not None:
+            self.store = store
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is not None:
@@ -180,14 +190,15 @@ class HammingFilter(_GalleryStage):
 
     def words(self) -> np.ndarray:
         """Every item's code as 64-bit words (rows, ceil(H/64)), fetched once."""
-        if self.as_words is None:
-            self.as_words = as_words(self._every("hash"))
-        return self.as_words
+        return as_words(self._every("hash"))
 
 
 def as_words(codes: np.ndarray) -> np.ndarray:
-    """Packed codes (n, B) uint8 as (n, ceil(B/8)) uint64 words (zero-padded)."""
+    """Packed codes (n, B) uint8 as (n, ceil(B/8)) uint64 words (zero-padded; a view, no copy,
+    when B is a multiple of 8)."""
     n, width = codes.shape
+    if width % 8 == 0:
+        return np.ascontiguousarray(codes, np.uint8).view(np.uint64)
     padded = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
     padded[:, :width] = codes
     return padded.view(np.uint64)
@@ -219,7 +230,7 @@ class QuantizedFilter(_GalleryStage):
     """Stage 2: asymmetric quantized inner product <query head, quantized item>, top Q.
 
     mode `adc`: look-up tables of the query against MEET's codebooks, summed over the items'
-    PQ codes (fetched once and cached client-side with `cache=True`, M bytes an item, or
+    PQ codes (fetched once into `store` with `cache=True`, M bytes an item, or
     fetched per batch). mode `milvus`: Milvus IVF_PQ search over the `head` vectors, filtered
     to the survivors by a literal id list (one request per query), with Milvus's own codebooks.
     """
@@ -236,6 +247,7 @@ class QuantizedFilter(_GalleryStage):
         mode: Literal["adc", "milvus"] = "adc",
         cache: bool = True,
         nprobe: int | None = None,
+        store: dict | None = None,
     ) -> None:
         super().__init__(client, gallery, modality)
         if mode not in ("adc", "milvus"):
@@ -252,8 +264,9 @@ class QuantizedFilter(_GalleryStage):
         self.keep = keep
         self.mode = mode
         self.cache = cache
+        if store is not None:
+            self.store = store
         self.nprobe = nprobe or self.meta.nlist
-        self._codes: np.ndarray | None = None
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         available = self.meta.rows if candidates is None else candidates.width
@@ -279,9 +292,7 @@ class QuantizedFilter(_GalleryStage):
 
     def codes(self) -> np.ndarray:
         """Every item's PQ codes (rows, M) uint8, fetched once (ids are 0..rows-1)."""
-        if self._codes is None:
-            self._codes = self._every("codes")
-        return self._codes
+        return self._every("codes")
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         if self.cache:

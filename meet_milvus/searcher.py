@@ -122,8 +122,8 @@ class MeetSearcher:
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
-        # Stages that cache a gallery's codes client-side live as long as the searcher.
-        self._stages: dict[tuple[type, str], Any] = {}
+        # The gallery's codes, fetched once by the client-side stages of every cascade.
+        self._store: dict = {}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -190,16 +190,15 @@ class MeetSearcher:
         c, g, cfg = self.client, self.gallery, self.config
         stages: list[Stage] = []
         if cfg.hash:
-            hamming = self._stage(HammingFilter, gallery, nprobe=cfg.nprobe)
-            hamming.keep, hamming.mode = cfg.keep("hash", gallery), cfg.hash_mode
-            stages.append(hamming)
-        if cfg.pq:
-            pq = self._stage(
-                QuantizedFilter, gallery, codebooks=self.model.codebooks, mode=cfg.pq_mode,
-                nprobe=cfg.nprobe,
+            stages.append(
+                HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe,
+                              mode=cfg.hash_mode, store=self._store)
             )  # fmt: skip
-            pq.keep, pq.mode = cfg.keep("pq", gallery), cfg.pq_mode
-            stages.append(pq)
+        if cfg.pq:
+            stages.append(
+                QuantizedFilter(c, g, gallery, self.model.codebooks, cfg.keep("pq", gallery),
+                                mode=cfg.pq_mode, nprobe=cfg.nprobe, store=self._store)
+            )  # fmt: skip
         if cfg.exact or not stages:
             stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k)))
         if cfg.rerank:
@@ -230,12 +229,6 @@ class MeetSearcher:
         if not path:
             raise MeetError(f"collection '{collection}': records no checkpoint; pass checkpoint=")
         return Path(path)
-
-    def _stage(self, kind: type, gallery: Modality, **kwargs: Any) -> Any:
-        key = (kind, gallery)
-        if key not in self._stages:
-            self._stages[key] = kind(self.client, self.gallery, gallery, **kwargs)
-        return self._stages[key]
 
     def _hits(
         self, final: Candidates, gallery: Modality, traces: list[StageTrace] | None
