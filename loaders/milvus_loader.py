@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from meet_milvus import collections as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.collections import MODALITIES, GalleryMeta, Layout, Modality
 from meet_milvus.errors import MeetError
+from meet_milvus.tier import Chunk, open_tier, tier_dir, write_tier
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -260,6 +261,19 @@ def _insert(
             bar.update(hi - lo)
 
 
+def _chunks(items: Items, step: int = 65536) -> Iterator[Chunk]:
+    """An `Items`' rows in consecutive chunks, as the local tier takes them."""
+    e = items.encoded
+    for lo in range(0, len(items), step):
+        hi = min(len(items), lo + step)
+        yield {
+            "hash": e.hash_codes[lo:hi], "codes": e.pq_codes[lo:hi], "dense": e.dense[lo:hi],
+            "neighbours": items.neighbours[lo:hi], "image": items.image[lo:hi],
+            "source": [_clip(t) for t in items.source[lo:hi]],
+            "external_id": [_clip(t) for t in items.external_id[lo:hi]],
+        }  # fmt: skip
+
+
 def _row_bytes(items: Items) -> int:
     e = items.encoded
     size = e.hash_codes.shape[1] + 4 * (e.head.shape[1] + e.dense.shape[1])
@@ -359,7 +373,7 @@ def load(
     images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
     items = split_items(source, images, texts, neighbours)
     c = model.config
-    return write_gallery(
+    report = write_gallery(
         client,
         collection,
         items,
@@ -372,3 +386,27 @@ def load(
         drop=drop,
         progress=progress,
     )
+    build_tiers(client, collection, settings, echo, items)
+    return report
+
+
+def build_tiers(
+    client: MilvusClient,
+    collection: str,
+    settings: Settings,
+    echo: Callable[[str], None],
+    items: dict[Modality, Items] | None = None,
+) -> None:
+    """The searcher's local tiers of a loaded gallery (both modalities): from `items`, the rows
+    just inserted, or else fetched back from Milvus; then release the gallery's collections
+    from Milvus memory: the client-side search reads the tiers, and a server-side search loads
+    what it queries on first use."""
+    gallery = cols.open_gallery(client, collection)
+    for modality in MODALITIES:
+        if items is None:
+            open_tier(client, gallery, modality, settings, echo)
+        else:
+            path = tier_dir(settings, collection, modality)
+            write_tier(path, gallery.meta[modality], _chunks(items[modality]), echo)
+    gallery.release(client)
+    echo(f"gallery '{collection}': local tiers ready; its collections released from Milvus memory")

@@ -9,13 +9,16 @@ ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) 
                     search (`milvus`) or a client-side scan of the cached codes (`client`)
     QuantizedFilter asymmetric PQ distance over the survivors -> top Q: client-side ADC on
                     MEET's own codes (`adc`, default) or Milvus IVF_PQ filtered by id (`milvus`)
-    ExactRescore    exact dense dot product of the survivors -> top k: Milvus search filtered to
-                    the survivors' ids, or embeddings fetched once for a batch (`auto` picks)
+    AnnFilter       approximate dense similarity from the local tier's ANN index (IVF over RaBitQ
+                    codes of a PCA-reduced dense vector) -> top Q, as a first stage
+    ExactRescore    exact dense dot product of the survivors -> top k: read from the local tier
+                    (`local`), or in Milvus: a search filtered to the survivors' ids, or
+                    embeddings fetched once for a batch (`auto` picks between those two)
     Rerank          consistency + complementarity over the top z (meet_milvus.rerank)
 
-Client-side stages fetch a gallery's codes once into `store`, a dict that several stages (and
-cascades) can share (H/8 + M bytes an item: 16 MB at 1M items); a store filled before a gallery
-grows does not see the new rows.
+Client-side stages read a gallery's codes from its local tier (`meet_milvus.tier`: codes in RAM,
+dense vectors on disk, derived from Milvus). Without a tier (`tier=None`, the server-side mode)
+they fetch the codes from Milvus once into `store`, a dict that several stages can share.
 
 `Cascade(stages)` runs them in order and can return each stage's output with its latency.
 Sizes (`keep`) are a count (int) or a fraction (float in (0, 1]) of what the stage receives.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -34,6 +38,7 @@ from meet_milvus.collections import Gallery, Modality
 from meet_milvus.errors import MeetError
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.rerank import Reranker
+from meet_milvus.tier import LocalTier
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -89,44 +94,51 @@ def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK) -> int:
     if isinstance(keep, float):
         if keep > 1:
             raise MeetError(f"stage size {keep}: a fraction must be at most 1 (or give a count)")
-        keep = int(np.ceil(keep * available))
+        # The decimal the user wrote, times the count, rounded down as MEET's reference does;
+        # float arithmetic would overshoot (0.55 * 100 = 55.000000000000007).
+        keep = int(Fraction(repr(keep)) * available)
     return int(max(1, min(keep, available, cap)))
 
 
 class _GalleryStage:
     """Shared plumbing: the client, the gallery and the modality searched."""
 
-    def __init__(self, client: MilvusClient, gallery: Gallery, modality: Modality) -> None:
+    def __init__(
+        self,
+        client: MilvusClient,
+        gallery: Gallery,
+        modality: Modality,
+        tier: LocalTier | None = None,
+    ) -> None:
         self.client = client
         self.gallery = gallery
         self.modality = modality
         self.meta = gallery.meta[modality]
-        self.store: dict = {}  # whole-gallery arrays fetched once (see _every)
+        self.tier = tier
+        self.store: dict = {}  # without a tier: whole-gallery codes fetched once (see _every)
 
     def _collection(self, field: str) -> str:
-        return self.gallery.collection(self.modality, field)
+        name = self.gallery.collection(self.modality, field)
+        self.gallery.ensure_loaded(self.client, name)
+        return name
 
     def _every(self, field: str) -> np.ndarray:
-        """Every item's `field` (ids are 0..rows-1), fetched once into the store."""
+        """Every item's `field` (ids are 0..rows-1): from the tier, else fetched once."""
+        if self.tier is not None:
+            return self.tier.codes(field)
         key = (self.meta.gallery, self.modality, field)
         if key not in self.store:
             self.store[key] = self._fetch_every(field)
         return self.store[key]
 
     def _fetch_every(self, field: str) -> np.ndarray:
-        rows, step = self.meta.rows, MAX_TOPK
-        name, out = self._collection(field), None
-        for lo in range(0, rows, step):
-            got = milvus_arrays._query_raw(
-                self.client, name, f"id >= {lo} and id < {lo + step}", ["id", field], CONSISTENCY
-            )
-            values = np.asarray(got[field])
-            if out is None:
-                out = np.zeros((rows, *values.shape[1:]), dtype=np.uint8)  # codes: K <= 8
-            out[np.asarray(got["id"])] = values
-        if out is None:
-            raise MeetError(f"Milvus collection {name}: empty (reload the gallery)")
-        return out
+        rows, step, name = self.meta.rows, MAX_TOPK, self._collection(field)
+        parts = [
+            np.asarray(milvus_arrays.rows_in_range(self.client, name, lo, min(rows, lo + step),
+                                                   [field])[field], dtype=np.uint8)
+            for lo in range(0, rows, step)
+        ]  # fmt: skip
+        return np.concatenate(parts)  # codes: K <= 8 bits
 
     def _gather(self, ids: np.ndarray, fields: list[str], row_bytes: int) -> dict[str, np.ndarray]:
         """Values of `fields` for a (nq, n) id array, zeros where ids are -1."""
@@ -147,10 +159,10 @@ class _GalleryStage:
 class HammingFilter(_GalleryStage):
     """Stage 1: the R gallery items nearest in Hamming distance. Scores are negated distances.
 
-    mode `milvus`: BIN_IVF_FLAT search; `nprobe` defaults to every list, i.e. exact Hamming
-    ranking as in MEET's reference; R is capped by Milvus's topk (16384). mode `client`: an
-    exact scan of the codes cached client-side (H/8 bytes an item), R up to the whole gallery;
-    ties at the cut-off are taken in id order.
+    mode `client` (default): an exact scan of the codes held client-side (H/8 bytes an item), R
+    up to the whole gallery; ties at the cut-off are taken in id order. mode `milvus`:
+    BIN_IVF_FLAT search; `nprobe` defaults to every list, i.e. exact Hamming ranking as in
+    MEET's reference; R is capped by Milvus's topk (16384).
     """
 
     name = "hash"
@@ -162,10 +174,11 @@ class HammingFilter(_GalleryStage):
         modality: Modality,
         keep: Keep = 0.3,
         nprobe: int | None = None,
-        mode: Literal["milvus", "client"] = "milvus",
+        mode: Literal["milvus", "client"] = "client",
         store: dict | None = None,
+        tier: LocalTier | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality)
+        super().__init__(client, gallery, modality, tier)
         if mode not in ("milvus", "client"):
             raise MeetError(f"Hamming filter mode '{mode}': use 'milvus' or 'client'")
         self.keep = keep
@@ -248,8 +261,9 @@ class QuantizedFilter(_GalleryStage):
         cache: bool = True,
         nprobe: int | None = None,
         store: dict | None = None,
+        tier: LocalTier | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality)
+        super().__init__(client, gallery, modality, tier)
         if mode not in ("adc", "milvus"):
             raise MeetError(f"quantizer mode '{mode}': use 'adc' or 'milvus'")
         if mode == "adc":
@@ -295,7 +309,7 @@ class QuantizedFilter(_GalleryStage):
         return self._every("codes")
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
-        if self.cache:
+        if self.cache or self.tier is not None:
             return self.codes()[np.where(ids >= 0, ids, 0)]
         got = self._gather(ids, ["codes"], row_bytes=8 * self.meta.M + 16)
         return got["codes"].astype(np.uint8)
@@ -322,16 +336,54 @@ class QuantizedFilter(_GalleryStage):
         return Candidates(ids, np.where(ids >= 0, scores, -np.inf).astype(np.float32))
 
 
+class AnnFilter(_GalleryStage):
+    """Stage 1 for large galleries: approximate dense similarity, top Q, from the local tier's
+    ANN index (faiss: PCA to 256 dims, an IVF partition, RaBitQ sign codes with their
+    correction factors; ~48 B an item). `nprobe` lists are scanned; scores approximate the
+    dense inner product (unit vectors: 1 - |q - x|^2 / 2)."""
+
+    name = "ann"
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        gallery: Gallery,
+        modality: Modality,
+        tier: LocalTier,
+        keep: int = 300,
+        nprobe: int | float = 0.05,
+    ) -> None:
+        super().__init__(client, gallery, modality, tier)
+        if tier is None:
+            raise MeetError("AnnFilter reads the gallery's local tier: give tier=")
+        self.keep = keep
+        self.nprobe = nprobe
+
+    def lists(self) -> int:
+        """IVF lists scanned: `nprobe` as a count or a fraction of the index's lists."""
+        nlist = int(self.tier.info["ann"]["nlist"])
+        return resolve_keep(self.nprobe, nlist, cap=nlist)
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        if candidates is not None:
+            raise MeetError("AnnFilter searches the whole gallery: put it first")
+        limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows)
+        ids, scores = self.tier.ann_search(queries.dense, limit, self.lists())
+        return Candidates(ids, scores)
+
+
 class ExactRescore(_GalleryStage):
     """Stage 3: exact dense similarity of the survivors, top k.
 
-    mode `search`: a Milvus search of the dense collection filtered to each query's survivors
-    (`id in [...]`, one request per query): only the top k travel back. mode `fetch`: the
-    survivors' embeddings are fetched once for the whole batch and scored in one matmul, which
-    wins when a batch's survivors overlap (a small gallery). `auto` picks by the measured
-    costs: fetching a 1024-d vector through a Milvus query costs about as much as filtering
-    and scoring FETCH_COST ids in a search (1M items: 73 vs 8.6 ms for 1024 survivors).
-    As a first stage it is exact brute-force search in Milvus (FLAT index, inner product).
+    mode `local` (with a tier): the survivors' vectors are read from the tier's dense file (one
+    read each, shared within a batch) and scored in one matmul. In Milvus: mode `search`, a
+    search of the dense collection filtered to each query's survivors (`id in [...]`, one
+    request per query): only the top k travel back; mode `fetch`, the survivors' embeddings
+    fetched once for the whole batch, which wins when a batch's survivors overlap (a small
+    gallery). `auto` picks `local` with a tier, else by the measured costs: fetching a 1024-d
+    vector through a Milvus query costs about as much as filtering and scoring FETCH_COST ids
+    in a search (1M items: 73 vs 8.6 ms for 1024 survivors). As a first stage it is exact
+    brute-force search in Milvus (FLAT index, inner product).
     """
 
     name = "dense"
@@ -343,11 +395,14 @@ class ExactRescore(_GalleryStage):
         gallery: Gallery,
         modality: Modality,
         keep: Keep = 100,
-        mode: Literal["auto", "search", "fetch"] = "auto",
+        mode: Literal["auto", "local", "search", "fetch"] = "auto",
+        tier: LocalTier | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality)
-        if mode not in ("auto", "search", "fetch"):
-            raise MeetError(f"exact stage mode '{mode}': use 'auto', 'search' or 'fetch'")
+        super().__init__(client, gallery, modality, tier)
+        if mode not in ("auto", "local", "search", "fetch"):
+            raise MeetError(f"exact stage mode '{mode}': use 'auto', 'local', 'search' or 'fetch'")
+        if mode == "local" and tier is None:
+            raise MeetError("exact stage mode 'local' reads the gallery's local tier: give tier=")
         self.keep = keep
         self.mode = mode
 
@@ -368,13 +423,25 @@ class ExactRescore(_GalleryStage):
         unique, inverse = np.unique(np.where(valid, ids, ids.max()), return_inverse=True)
         mode = self.mode
         if mode == "auto":
-            mode = "fetch" if len(unique) * self.FETCH_COST < valid.sum() else "search"
+            if self.tier is not None:
+                mode = "local"
+            else:
+                mode = "fetch" if len(unique) * self.FETCH_COST < valid.sum() else "search"
         if mode == "search":
             return self._search(dense, ids, limit)
-        vectors = milvus_arrays.fetch(
-            self.client, self._collection("dense"), unique, ["dense"],
-            4 * self.meta.embed_dim + 16, CONSISTENCY,
-        )["dense"]  # fmt: skip
+        if mode == "local":
+            vectors = self.tier.dense(unique)
+            if len(unique) * len(ids) > 4 * valid.sum():
+                # Little overlap between the queries' survivors (a large gallery): score each
+                # query against its own survivors only, not against every query's.
+                own = vectors[inverse.reshape(ids.shape)]  # (nq, n, D)
+                scores = np.einsum("qnd,qd->qn", own, dense)
+                return Candidates.top(ids, scores, limit)
+        else:
+            vectors = milvus_arrays.fetch(
+                self.client, self._collection("dense"), unique, ["dense"],
+                4 * self.meta.embed_dim + 16, CONSISTENCY,
+            )["dense"]  # fmt: skip
         sims = dense @ np.asarray(vectors, np.float32).T  # (nq, unique)
         scores = np.take_along_axis(sims, inverse.reshape(ids.shape), axis=1)
         return Candidates.top(ids, scores, limit)
@@ -407,8 +474,9 @@ class Rerank(_GalleryStage):
         gallery: Gallery,
         modality: Modality,
         reranker: Reranker | None = None,
+        tier: LocalTier | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality)
+        super().__init__(client, gallery, modality, tier)
         self.reranker = reranker or Reranker()
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
@@ -424,8 +492,7 @@ class Rerank(_GalleryStage):
         similarity, and their embeddings and neighbour statistics (nq, z, ...)."""
         z = min(z, candidates.width)
         top = candidates.ids[:, :z]
-        row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
-        got = self._gather(top, ["dense", "neighbours"], row_bytes)
+        got = self._vectors_and_stats(top)
         # Similarities from the embeddings themselves, whatever scored the previous stage.
         sims = np.einsum("qzd,qd->qz", got["dense"], np.asarray(queries.dense, np.float32))
         sims = np.where(top >= 0, sims, -np.inf)
@@ -437,6 +504,21 @@ class Rerank(_GalleryStage):
             [np.take_along_axis(sims, order, 1), candidates.scores[:, z:]], axis=1
         )
         return ids, scores, vectors, neighbours
+
+    def _vectors_and_stats(self, top: np.ndarray) -> dict[str, np.ndarray]:
+        """Embeddings and neighbour statistics of a (nq, z) id array, zeros where ids are -1."""
+        if self.tier is None:
+            row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
+            return self._gather(top, ["dense", "neighbours"], row_bytes)
+        valid = top >= 0
+        unique, inverse = np.unique(top[valid], return_inverse=True)
+        out = {}
+        for name, read in (("dense", self.tier.dense), ("neighbours", self.tier.neighbours)):
+            values = read(unique)
+            full = np.zeros((*top.shape, values.shape[1]), dtype=np.float32)
+            full[valid] = values[inverse]
+            out[name] = full
+        return out
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -215,9 +215,26 @@ class Gallery:
     name: str
     layout: Layout
     meta: dict[str, GalleryMeta]
+    # Collections this process has loaded: a searcher that reads the local tier needs none of
+    # them in Milvus memory, so each is loaded only when a stage first queries it.
+    loaded: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def collection(self, modality: Modality, field: str) -> str:
         return self.layout.collection(self.name, modality, field)
+
+    def ensure_loaded(self, client: MilvusClient, name: str) -> None:
+        """Load a collection into Milvus memory before the first query of it (idempotent)."""
+        if name not in self.loaded:
+            client.load_collection(name)
+            self.loaded.add(name)
+
+    def collections(self) -> list[str]:
+        return [n for m in MODALITIES for n in self.layout.collections(self.name, m)]
+
+    def release(self, client: MilvusClient) -> None:
+        """Release every collection of the gallery from Milvus memory (the data stays)."""
+        each(client.release_collection, self.collections())
+        self.loaded.clear()
 
     @property
     def fingerprint(self) -> str:
@@ -247,7 +264,8 @@ def list_galleries(client: MilvusClient) -> list[str]:
 
 
 def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = None) -> Gallery:
-    """A loaded gallery, checked: every collection present, same model, loaded into memory.
+    """A loaded gallery, checked: every collection present, same model. Collections are loaded
+    into Milvus memory on first use (`Gallery.ensure_loaded`), not here.
 
     With `fingerprint`, a gallery built by another model is refused (its codes mean nothing
     to this model's queries).
@@ -278,7 +296,6 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
             f"not with this checkpoint's model {fingerprint[:12]}; search with that checkpoint "
             f"or rebuild: `meet-milvus load --collection {gallery} --drop`"
         )
-    load_all(client, [n for m in MODALITIES for n in layout.collections(gallery, m)])
     return Gallery(gallery, layout, meta)
 
 

@@ -105,6 +105,29 @@ def fetch(
     return out
 
 
+def rows_in_range(
+    client: MilvusClient, collection: str, lo: int, hi: int, fields: Sequence[str]
+) -> dict[str, np.ndarray | list]:
+    """The rows with ids lo..hi-1, in id order: field -> values (as `fetch`).
+
+    A gallery's ids are 0..rows-1, so a range must come back whole: a missing or doubled id
+    is refused (a gallery that lost rows is never read as if they were zeros).
+    """
+    got = _query_raw(client, collection, f"id >= {lo} and id < {hi}", ["id", *fields], "Strong")
+    ids = np.asarray(got["id"], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    if len(ids) != hi - lo or not np.array_equal(ids[order], np.arange(lo, hi)):
+        found = len(np.unique(ids))
+        raise MeetError(
+            f"Milvus collection {collection}: ids {lo}..{hi - 1} hold {len(ids)} rows "
+            f"({found} distinct) instead of {hi - lo}; reload the gallery"
+        )
+    return {
+        f: [got[f][i] for i in order] if isinstance(got[f], list) else np.asarray(got[f])[order]
+        for f in fields
+    }
+
+
 def count(
     client: MilvusClient, collection: str, expr: str = "", consistency: str = "Strong"
 ) -> int:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from meet_milvus import milvus_arrays
 from meet_milvus.cascade import (
     CONSISTENCY,
+    AnnFilter,
     Candidates,
     Cascade,
     ExactRescore,
@@ -34,12 +35,14 @@ from meet_milvus.errors import MeetError
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
+from meet_milvus.tier import LocalTier, open_tier
 
 if TYPE_CHECKING:
     from training import Encoded, MeetModel
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
+ANN_MIN_ROWS = 50_000  # `filter="auto"` uses the ANN index from this gallery size on
 
 
 class SearchConfig(BaseModel):
@@ -56,6 +59,18 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Where the cascade reads the gallery: `local`, the client's local tier (codes in RAM, dense
+    # vectors and sources on disk, derived from Milvus; no collection needs to be loaded in
+    # Milvus), or `server`, the Milvus collections themselves (for galleries whose codes do
+    # not fit a client: see README "Performance").
+    tier: Literal["local", "server"] = "local"
+    # The first filter: MEET's learned codes (Hamming -> PQ) or the ANN index over the dense
+    # vectors (IVF over RaBitQ codes). `auto` takes the ANN index from ANN_MIN_ROWS items on:
+    # at 100k-1M synthetic items it keeps the exact top-10 with ~300 candidates where MEET's
+    # 8-byte codes need tens of thousands (benchmarks/README.md).
+    filter: Literal["auto", "meet", "ann"] = "auto"
+    ann_keep: int = Field(300, ge=1, description="candidates the ANN stage passes on")
+    ann_nprobe: int | float = Field(0.05, gt=0, description="IVF lists scanned (or a fraction)")
     hash: bool = True
     hash_keep_images: Keep = Field(0.6, description="stage-1 size searching images")
     hash_keep_texts: Keep = Field(0.3, description="stage-1 size searching captions")
@@ -83,6 +98,12 @@ class SearchConfig(BaseModel):
 
     def keep(self, stage: str, gallery: Modality) -> Keep:
         return getattr(self, f"{stage}_keep_{'images' if gallery == 'image' else 'texts'}")
+
+    def first_filter(self, rows: int) -> Literal["meet", "ann"]:
+        """The filter used on a gallery of `rows` items."""
+        if self.filter != "auto":
+            return self.filter
+        return "ann" if self.tier == "local" and rows >= ANN_MIN_ROWS else "meet"
 
 
 class MeetSearcher:
@@ -122,8 +143,20 @@ class MeetSearcher:
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
-        # The gallery's codes, fetched once by the client-side stages of every cascade.
+        if self.config.filter == "ann" and self.config.tier != "local":
+            raise MeetError("search setting 'filter': the ANN index needs tier='local'")
+        # Server-side mode: the gallery's codes, fetched once by the client-side stages.
         self._store: dict = {}
+        self._tiers: dict[str, LocalTier] = {}
+
+    def tier(self, gallery: Modality) -> LocalTier | None:
+        """The local tier of one modality (built from Milvus when missing or stale); None in
+        the server-side mode."""
+        if self.config.tier != "local":
+            return None
+        if gallery not in self._tiers:
+            self._tiers[gallery] = open_tier(self.client, self.gallery, gallery, self.settings)
+        return self._tiers[gallery]
 
     # -- public -------------------------------------------------------------------------------
 
@@ -188,22 +221,30 @@ class MeetSearcher:
     def cascade(self, gallery: Modality, k: int = 10) -> Cascade:
         """The stages that answer queries against one modality of the gallery, for top k."""
         c, g, cfg = self.client, self.gallery, self.config
+        tier = self.tier(gallery)
         stages: list[Stage] = []
-        if cfg.hash:
+        if cfg.first_filter(g.rows(gallery)) == "ann":
             stages.append(
-                HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe,
-                              mode=cfg.hash_mode, store=self._store)
+                AnnFilter(c, g, gallery, tier, max(cfg.ann_keep, cfg.exact_keep, k),
+                          cfg.ann_nprobe)
             )  # fmt: skip
-        if cfg.pq:
-            stages.append(
-                QuantizedFilter(c, g, gallery, self.model.codebooks, cfg.keep("pq", gallery),
-                                mode=cfg.pq_mode, nprobe=cfg.nprobe, store=self._store)
-            )  # fmt: skip
+        else:
+            if cfg.hash:
+                stages.append(
+                    HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe,
+                                  mode=cfg.hash_mode, store=self._store, tier=tier)
+                )  # fmt: skip
+            if cfg.pq:
+                stages.append(
+                    QuantizedFilter(c, g, gallery, self.model.codebooks,
+                                    cfg.keep("pq", gallery), mode=cfg.pq_mode, nprobe=cfg.nprobe,
+                                    store=self._store, tier=tier)
+                )  # fmt: skip
         if cfg.exact or not stages:
-            stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k)))
+            stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k), tier=tier))
         if cfg.rerank:
             reranker = Reranker(cfg.alpha, cfg.beta, cfg.z, cfg.temperature)
-            stages.append(Rerank(c, g, gallery, reranker))
+            stages.append(Rerank(c, g, gallery, reranker, tier=tier))
         return Cascade(stages)
 
     def run(
@@ -234,10 +275,16 @@ class MeetSearcher:
         self, final: Candidates, gallery: Modality, traces: list[StageTrace] | None
     ) -> list[list[Hit]]:
         ids = final.ids[final.ids >= 0]
-        name = self.gallery.collection(gallery, "source")
-        rows = milvus_arrays.fetch(
-            self.client, name, ids, ["source", "external_id", "image"], 8192, CONSISTENCY
-        )
+        tier = self.tier(gallery)
+        if tier is not None:
+            rows = {f: tier.text(f, ids) for f in ("source", "external_id")}
+            rows["image"] = tier.image(ids)
+        else:
+            name = self.gallery.collection(gallery, "source")
+            self.gallery.ensure_loaded(self.client, name)
+            rows = milvus_arrays.fetch(
+                self.client, name, ids, ["source", "external_id", "image"], 8192, CONSISTENCY
+            )
         info = {
             int(i): (s, e, int(im))
             for i, s, e, im in zip(

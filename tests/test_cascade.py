@@ -40,7 +40,7 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_hamming_filter_keeps_the_nearest_codes(setup):
     client, gallery, _model, images, texts = setup
-    stage = HammingFilter(client, gallery, "image", keep=0.5)
+    stage = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")
     out = stage(texts)
     assert out.ids.shape == (100, 10)
     dist = _hamming(texts.hash_codes, images.hash_codes)
@@ -51,7 +51,7 @@ def test_hamming_filter_keeps_the_nearest_codes(setup):
 
 def test_client_hamming_scan_matches_milvus(setup):
     client, gallery, _model, images, texts = setup
-    milvus = HammingFilter(client, gallery, "image", keep=0.5)(texts)
+    milvus = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")(texts)
     scan = HammingFilter(client, gallery, "image", keep=0.5, mode="client")
     out = scan(texts)
     np.testing.assert_array_equal(out.scores, milvus.scores)  # same distances, ties aside
@@ -142,8 +142,9 @@ def test_cascade_traces_every_stage(setup):
 
 def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
     client, gallery, model, images, texts = setup
-    stage = HammingFilter(client, gallery, "text", keep=30)
+    stage = HammingFilter(client, gallery, "text", keep=30, mode="milvus")
     whole = stage(images)
+    gallery.ensure_loaded(client, gallery.collection("text", "dense"))
     rows = milvus_arrays.fetch(
         client, gallery.collection("text", "dense"), whole.ids[:, 0], ["image"]
     )
@@ -159,6 +160,11 @@ def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
 
 def test_stage_sizes():
     assert resolve_keep(0.3, 1000) == 300
+    # Exact decimals, rounded down as MEET's reference does (int(keep * n)), no float overshoot.
+    assert resolve_keep(0.55, 100) == 55 and resolve_keep(0.07, 100) == 7
+    assert resolve_keep(0.29, 100) == 29  # 0.29 * 100 is 28.999999999999996 in floats
+    assert resolve_keep(0.3, 1001) == 300
+    assert resolve_keep(0.001, 10) == 1  # at least one survivor
     assert resolve_keep(50, 20) == 20
     assert resolve_keep(1.0, 10**6) == 16384  # Milvus topk limit
     assert resolve_keep(1.0, 10**6, cap=10**6) == 10**6  # client-side stages

@@ -48,6 +48,7 @@ def test_load_writes_every_row_once_and_verifies_counts(
     demo_gallery, client, runtime_settings, demo_checkpoint
 ):
     gallery = cols.open_gallery(client, demo_gallery)
+    cols.load_all(client, gallery.collections())  # a load ends with them released
     split_rows = {"image": 20, "text": 100}
     for modality, rows in split_rows.items():
         assert gallery.rows(modality) == rows
@@ -60,6 +61,7 @@ def test_load_writes_every_row_once_and_verifies_counts(
     assert set(report.inserted.values()) == {0}
     assert report.final == report.expected
     assert all(v in (20, 100) for v in report.final.values())
+    cols.load_all(client, gallery.collections())
     row = milvus_arrays.fetch(client, f"{demo_gallery}_text_dense", [3], ["source", "image"])
     assert row["image"][0] == 0  # captions 0..4 describe image 0
     assert report.lines()[0].startswith(f"gallery '{demo_gallery}'")
