@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from meet_milvus.errors import MeetError
@@ -15,6 +16,13 @@ from meet_milvus.errors import MeetError
 DEFAULT_HOME = Path(os.environ.get("MEET_HOME", Path.home() / ".meet-milvus"))
 CONFIG_FILE_ENV = "MEET_CONFIG"
 DEFAULT_CONFIG_FILE = Path("meet-milvus.toml")
+# scheme://user:password@host -> scheme://***@host, anywhere in a text.
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.IGNORECASE)
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the credentials of every URI in it (http://user:pass@host) masked."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class Settings(BaseSettings):
@@ -25,7 +33,9 @@ class Settings(BaseSettings):
     milvus_uri: str | None = Field(
         None, description="Milvus URI (http://host:19530); empty means the embedded server"
     )
-    milvus_token: str = Field("", description="Milvus token or user:password")
+    milvus_token: SecretStr = Field(
+        SecretStr(""), description="Milvus token or user:password (embedded: the stored one)"
+    )
     milvus_db: str = Field("default", description="Milvus database name")
     embedded_port: int = Field(19530, ge=1, le=65535, description="port of the embedded Milvus")
     data_dir: Path = Field(DEFAULT_HOME / "data", description="data sets and Milvus data")
@@ -35,7 +45,20 @@ class Settings(BaseSettings):
         None, description="BERT-family checkpoint dir (default: the offline all-MiniLM-L6-v2)"
     )
     checkpoint: Path | None = Field(None, description="trained MEET checkpoint directory")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="level of the embedded Milvus's log"
+    )
+    embedded_network: Literal["isolated", "host"] = Field(
+        "isolated",
+        description="isolated: the embedded Milvus gets a network of its own, only its port on "
+        "127.0.0.1 reaches it; host: it listens on all interfaces (Milvus 2.3.5 cannot bind one)",
+    )
+    embedded_gc_interval: int = Field(
+        300, ge=10, le=86400, description="seconds between the embedded Milvus's file collections"
+    )
+    embedded_gc_drop_tolerance: int = Field(
+        600, ge=0, le=604800, description="seconds a dropped collection's files stay on disk"
+    )
 
     @field_validator("milvus_uri")
     @classmethod
@@ -59,6 +82,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return None if v is None else Path(v).expanduser()
+
+    def __repr_args__(self) -> Any:
+        # The token is a SecretStr already; a URI may carry user:password too.
+        for name, value in super().__repr_args__():
+            yield name, redact_uri(value) if name == "milvus_uri" and value else value
 
     @property
     def embedded(self) -> bool:

@@ -5,13 +5,43 @@ rocksmq). We launch that binary ourselves, detached, so that it outlives the com
 started it; a state file under `settings.milvus_dir` lets later commands find and reuse it.
 Every port it opens is chosen here (the proxy on `settings.embedded_port`, the rest free
 ports), so several embedded servers can run side by side.
+
+Network. Milvus 2.3.5 listens on all interfaces with its proxy, its metrics port and seven
+internal gRPC ports (`net.Listen(":port")`; the `<component>.ip` settings only change the address
+it advertises, tried here), and its authentication lets through any client that sends the
+cluster-member `sourceId` header. So by default (`embedded_network = "isolated"`) it runs in a
+network namespace of its own, whose only interface is its loopback, and nothing it opens is
+reachable from outside. A supervisor process (`_supervise`, below) holds 127.0.0.1:<proxy port>
+and 127.0.0.1:<metrics port> on this machine and relays them into that namespace. Where the
+kernel allows no namespace (no user namespaces, macOS), starting fails with a one-line error,
+unless `embedded_network = "host"` accepts a server on all interfaces.
+
+Authentication is on. At the first start root's default password ("Milvus") is replaced by a
+generated one, stored in `<milvus dir>/credentials.json` (mode 0600) and used by `connect`;
+`EmbeddedServer.rotate_credentials` (`meet-milvus server rotate-credentials`) replaces it.
+Everything the project writes under the milvus dir is private to its user (0600 / 0700).
+
+Housekeeping. The supervisor writes the server's output to `logs/milvus.log`, rotated by size
+(`LOG_MAX_BYTES`, `LOG_BACKUPS` old files), at `settings.log_level`; on stop it drops the
+components' etcd sessions (else the next start waits ~30 s for them to expire) and removes the
+pid and server-id files Milvus leaves in /run/milvus and /tmp/milvus (stale ones go at start).
+
+Garbage collection. Milvus keeps the files of dropped collections and compacted segments until
+its data coordinator collects them: by default every hour, once they have been dropped for three
+hours. The embedded server collects every `settings.embedded_gc_interval` seconds (default 300)
+the files dropped more than `settings.embedded_gc_drop_tolerance` seconds ago (default 600), so a
+dropped collection leaves the disk within about a quarter of an hour. Files that no metadata
+names (`dataCoord.gc.missingTolerance`) keep Milvus's hour: a shorter one could collect files a
+running flush has written but not yet recorded.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -19,20 +49,25 @@ import logging
 import lzma
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from meet_milvus.config import Settings
+from pydantic import SecretStr
+
+from meet_milvus.config import Settings, redact_uri
 from meet_milvus.errors import MeetError
 
 if TYPE_CHECKING:
@@ -41,7 +76,12 @@ if TYPE_CHECKING:
 START_TIMEOUT = 120.0  # seconds; a start takes 3 to 5 s on 2 idle cores, more when they are busy
 STOP_TIMEOUT = 30.0  # then SIGKILL
 CONNECT_TIMEOUT = 10.0
+LOG_MAX_BYTES = 32 << 20  # the server's log is rotated at this size (idle: ~0.2-0.5 MB a minute)
+LOG_BACKUPS = 4  # rotated logs kept: milvus.log.1 (newest) .. milvus.log.4
 _GRACEFUL_STOP_S = 5  # Milvus's own limit on its graceful stop
+_ROOT = "root"
+_DEFAULT_ROOT_PASSWORD = "Milvus"  # what Milvus gives root when it creates its metadata
+_EXIT_SETUP = 70  # the supervisor could not set the server up; why is in its error file
 
 # The ports besides the proxy's: placeholders of the package's config template, then ours.
 _PORT_KEYS = (
@@ -59,6 +99,13 @@ _PORT_KEYS = (
 )
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*(?:\(\w+\))?\s*(?::\s*([^}]*?))?\s*\}\}")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# settings.log_level -> Milvus's log.level, embedded etcd's level, glog's --minloglevel.
+_LOG_LEVELS = {
+    "debug": ("debug", "info", 0),
+    "info": ("info", "warn", 0),
+    "warning": ("warn", "warn", 1),
+    "error": ("error", "error", 2),
+}
 
 
 @dataclass(frozen=True)
@@ -71,10 +118,27 @@ class ServerStatus:
     log: Path
     pid: int | None = None  # set while the process is alive, even before it answers
     version: str | None = None  # set when running
+    network: str | None = None  # "isolated" or "host", set while the process is alive
 
 
 class _PortTaken(MeetError):
-    """Milvus found one of its ports taken while starting."""
+    """Another program holds one of the ports chosen for the server."""
+
+
+class _NotAnswering(MeetError):
+    """Nothing answers at the URI."""
+
+
+class _AuthRefused(MeetError):
+    """The server refused the credential."""
+
+
+class _SetupError(Exception):
+    """The supervisor could not set the server up (see `_supervise`)."""
+
+    def __init__(self, kind: str, detail: str, port: int | None = None) -> None:
+        super().__init__(detail)
+        self.record = {"kind": kind, "detail": detail, "port": port}
 
 
 class EmbeddedServer:
@@ -82,10 +146,13 @@ class EmbeddedServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.directory = settings.milvus_dir
+        self.directory = settings.milvus_dir.absolute()  # the supervisor runs elsewhere
         self.log = self.directory / "logs" / "milvus.log"
+        self.credentials = self.directory / "credentials.json"
         self._state_file = self.directory / "server.json"
-        self._proc: subprocess.Popen | None = None  # the server, when this object launched it
+        self._run_file = self.directory / "run.json"  # the supervisor: Milvus's pid
+        self._error_file = self.directory / "start-error.json"  # the supervisor: why it failed
+        self._proc: subprocess.Popen | None = None  # the supervisor, when this object launched it
 
     # -- public -----------------------------------------------------------------------------
 
@@ -97,21 +164,27 @@ class EmbeddedServer:
         """
         with self._locked():
             state = self._read_state()
-            if state and _alive(state["pid"], state["exe"]):
+            if state and _state_alive(state):
                 self._wait_ready(state, timeout)
                 return self.status()
+            if state:
+                _remove_leftovers(state)  # of a server that died: pid and server-id files
             for attempt in (1, 2):
                 self._state_file.unlink(missing_ok=True)
                 state = self._launch(die_with_parent)
                 try:
                     self._wait_ready(state, timeout)
+                    self._authenticate(_local_uri(state["port"]))
                     return self.status()
                 except _PortTaken:
-                    # Another program took a port between our check and Milvus's bind.
+                    # Another program took a port between our check and its bind.
+                    self._terminate(state, STOP_TIMEOUT)
                     if attempt == 2:
                         raise
                     (self.directory / "ports.json").unlink(missing_ok=True)
                 except BaseException:
+                    # Only the process this call launched: `state` names it, and the supervisor
+                    # drops the sessions of its own etcd only (never a port's current holder).
                     self._terminate(state, STOP_TIMEOUT)
                     self._state_file.unlink(missing_ok=True)
                     raise
@@ -122,9 +195,11 @@ class EmbeddedServer:
         with self._locked():
             state = self._read_state()
             pid = None
-            if state and _alive(state["pid"], state["exe"]):
+            if state and _state_alive(state):
                 pid = state["pid"]
                 self._terminate(state, timeout)
+            elif state:
+                _remove_leftovers(state)
             self._state_file.unlink(missing_ok=True)
             return pid
 
@@ -133,76 +208,139 @@ class EmbeddedServer:
         state = self._read_state()
         port = state["port"] if state else self.settings.embedded_port
         found = ServerStatus(False, _local_uri(port), self.directory, self.log)
-        if not state or not _alive(state["pid"], state["exe"]):
+        if not state or not _state_alive(state):
             return found
-        found = ServerStatus(False, found.uri, self.directory, self.log, pid=state["pid"])
+        network = state.get("network", "host")
+        found = ServerStatus(
+            False, found.uri, self.directory, self.log, pid=state["pid"], network=network
+        )
         if not _healthy(state["metrics_port"]):
             return found
+        token = self.token()
+        # An alias of its own: closing it must not close a caller's shared connection.
+        alias = f"meet-status-{found.uri}-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
         try:
-            # An alias of its own: closing it must not close a caller's shared connection.
-            client = _client(found.uri, "", "", CONNECT_TIMEOUT, alias=f"meet-status-{found.uri}")
+            client = _client(found.uri, token, "", CONNECT_TIMEOUT, alias=alias)
             version = server_version(client)
             client.close()
         except Exception:  # a proxy not answering yet counts as not running
             return found
-        return ServerStatus(True, found.uri, self.directory, self.log, found.pid, version)
+        return ServerStatus(True, found.uri, self.directory, self.log, found.pid, version, network)
+
+    def token(self) -> str:
+        """The stored credential as a Milvus token ("root:<password>"), or "" before the first
+        start. Never print it."""
+        password = _read_json(self.credentials).get("password")
+        return f"{_ROOT}:{password}" if isinstance(password, str) and password else ""
+
+    def rotate_credentials(self, timeout: float = START_TIMEOUT) -> Path:
+        """Give root a new generated password, stored in `self.credentials`; the file's path.
+
+        Starts the server if it is not running. A process connected before keeps the old
+        token and is refused from now on.
+        """
+        self.start(timeout=timeout)
+        with self._locked():
+            state = self._read_state()
+            if not state or not _state_alive(state):
+                raise MeetError("embedded Milvus stopped before its credential could be rotated")
+            if not state.get("supervised") or not self.token():
+                raise MeetError(
+                    "embedded Milvus was started by an earlier version, without authentication; "
+                    "restart it (meet-milvus server stop, then start) before rotating"
+                )
+            uri = _local_uri(state["port"])
+            old = _read_json(self.credentials)["password"]
+            client = _client(uri, f"{_ROOT}:{old}", "", CONNECT_TIMEOUT)
+            new = _new_password()
+            # The new password is on disk before the server has it: a crash in between
+            # leaves it in the pending file, which `_authenticate` tries and promotes.
+            pending = self.credentials.with_name("credentials.new.json")
+            _write_private(pending, json.dumps({"user": _ROOT, "password": new}))
+            try:
+                client.update_password(_ROOT, old, new)
+            except Exception as e:
+                pending.unlink(missing_ok=True)
+                why = _clean(_clean(str(e), old), new)
+                raise MeetError(f"embedded Milvus: the password was not changed ({why})") from None
+            finally:
+                client.close()
+            pending.replace(self.credentials)
+            return self.credentials
 
     # -- launching --------------------------------------------------------------------------
 
     def _launch(self, die_with_parent: bool) -> dict:
         port = self.settings.embedded_port
         if not _port_free(port):
-            raise MeetError(
-                f"embedded Milvus: port {port} is already in use by another process; "
-                f"set embedded_port (MEET_EMBEDDED_PORT) to a free port, or point --uri at "
-                f"that server if it is a Milvus"
-            )
-        exe = _binaries(self.settings.cache_dir) / "milvus"
+            raise _port_in_use(port)
+        exe = (_binaries(self.settings.cache_dir) / "milvus").absolute()
         ports = self._choose_ports()
         configs = self._write_configs(port, ports)
-        for older, newer in ((".log.2", ".log.1"), (".log.1", ".log")):  # keep two old logs
-            with contextlib.suppress(FileNotFoundError):
-                self.log.with_suffix(newer).replace(self.log.with_suffix(older))
-        env = dict(
-            os.environ,
-            DEPLOY_MODE="STANDALONE",
-            MILVUSCONF=str(configs),
-            METRICS_PORT=str(ports["metrics_port"]),
-            ETCD_CONFIG_PATH=str(configs / "embedEtcd.yaml"),
-            LD_LIBRARY_PATH=os.pathsep.join(
-                filter(None, [str(exe.parent), _env("LD_LIBRARY_PATH")])
-            ),
-            DYLD_LIBRARY_PATH=os.pathsep.join(
-                filter(None, [str(exe.parent), _env("DYLD_LIBRARY_PATH")])
-            ),
-        )
-        # The alias names Milvus's pid file (/run/milvus/standalone-<alias>.pid), which it
-        # locks: without one, a second server on this machine refuses to start.
-        alias = f"meet{port}"
-        with self.log.open("ab") as log:
+        network = self.settings.embedded_network
+        alias = f"meet{port}"  # names Milvus's pid file /run/milvus/standalone-<alias>.pid
+        spec = {
+            "milvus": [str(exe), "run", "standalone", "-alias", alias],
+            "env": {
+                "DEPLOY_MODE": "STANDALONE",
+                "MILVUSCONF": str(configs),
+                "METRICS_PORT": str(ports["metrics_port"]),
+                "ETCD_CONFIG_PATH": str(configs / "embedEtcd.yaml"),
+                "LD_LIBRARY_PATH": os.pathsep.join(
+                    filter(None, [str(exe.parent), _env("LD_LIBRARY_PATH")])
+                ),
+                "DYLD_LIBRARY_PATH": os.pathsep.join(
+                    filter(None, [str(exe.parent), _env("DYLD_LIBRARY_PATH")])
+                ),
+            },
+            "network": network,
+            # Isolated, these two are relayed from this machine's 127.0.0.1 into its network.
+            "host_ports": [port, ports["metrics_port"]],
+            "etcd_port": ports["etcd_port"],
+            "alias": alias,
+            "log": str(self.log),
+            "log_max_bytes": LOG_MAX_BYTES,
+            "log_backups": LOG_BACKUPS,
+            "run_file": str(self._run_file),
+            "error_file": str(self._error_file),
+        }
+        spec_file = configs / "supervisor.json"
+        _write_private(spec_file, json.dumps(spec, indent=2))
+        for stale in (self._run_file, self._error_file):
+            stale.unlink(missing_ok=True)
+        _rotate_files(self.log, LOG_BACKUPS)  # each run starts a log of its own
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEET_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, _env("PYTHONPATH")]))
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             proc = self._proc = subprocess.Popen(
-                [str(exe), "run", "standalone", "-alias", alias],
+                [sys.executable, "-c", _SUPERVISOR_MAIN, str(spec_file)],
                 cwd=self.directory,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=fd,
+                stderr=fd,
                 start_new_session=True,  # survives the terminal and the CLI process
                 preexec_fn=_die_with_parent if die_with_parent else None,
             )
+        finally:
+            os.close(fd)
         state = {
-            "pid": proc.pid,
-            "exe": str(exe),
+            "pid": proc.pid,  # the supervisor; Milvus dies with it
+            "exe": sys.executable,
+            "marker": str(spec_file),  # in the supervisor's command line: guards pid reuse
+            "supervised": True,
+            "milvus_exe": str(exe),
             "port": port,
             "metrics_port": ports["metrics_port"],
             "ports": ports,
             "alias": alias,
+            "network": network,
             "version": _package_version(),
             "started": time.time(),
         }
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self._state_file)
+        self._write_state(state)
         return state
 
     def _choose_ports(self) -> dict[str, int]:
@@ -212,10 +350,7 @@ class EmbeddedServer:
         keeps their addresses until their leases expire, and a restart on other ports waits.
         """
         saved_file = self.directory / "ports.json"
-        try:
-            saved = json.loads(saved_file.read_text())
-        except (OSError, ValueError):
-            saved = {}
+        saved = _read_json(saved_file)
         kept = {
             k: saved[k]
             for k in _PORT_KEYS
@@ -225,23 +360,27 @@ class EmbeddedServer:
         missing = [k for k in _PORT_KEYS if k not in kept]
         taken = {*kept.values(), self.settings.embedded_port}
         ports = {**kept, **dict(zip(missing, _free_ports(len(missing), taken), strict=True))}
-        saved_file.write_text(json.dumps(ports, indent=2))
+        _write_private(saved_file, json.dumps(ports, indent=2))
         return ports
 
     def _write_configs(self, port: int, ports: dict[str, int]) -> Path:
         data = self.directory / "data"
         configs = self.directory / "configs"
         for d in (data, configs, self.log.parent):
-            d.mkdir(parents=True, exist_ok=True)
+            _private_dir(d)
+        level, etcd_level, glog_level = _LOG_LEVELS[self.settings.log_level]
         values = {
             **ports,
             "proxy_port": port,
             "etcd_data_dir": data / "etcd.data",
             "local_storage_dir": data,
             "rocksmq_data_dir": data / "rocksmq",
-            # Everything Milvus and its embedded etcd log goes to stdout, i.e. one log file.
+            # Everything Milvus and its embedded etcd log goes to stdout, i.e. one log file
+            # that the supervisor rotates.
             "etcd_log_path": "stdout",
+            "etcd_log_level": etcd_level,
             "system_log_path": "",
+            "authorization_enabled": "true",
         }
 
         def fill(m: re.Match) -> str:
@@ -252,71 +391,155 @@ class EmbeddedServer:
 
         package = _package_dir() / "data"
         template = (package / "config.yaml.template").read_text(encoding="utf-8")
-        # Its graceful stop waits (30 min by default) for a query node to hand its segments
-        # to another node, which a standalone server lacks; the data are safe on disk anyway.
-        template = re.sub(
-            r"gracefulStopTimeout: \d+", f"gracefulStopTimeout: {_GRACEFUL_STOP_S}", template
-        )
-        (configs / "milvus.yaml").write_text(_PLACEHOLDER.sub(fill, template), encoding="utf-8")
+        for pattern, value, count in (
+            # Its graceful stop waits (30 min by default) for a query node to hand its segments
+            # to another node, which a standalone server lacks; the data are safe on disk anyway.
+            (r"^(  gracefulStopTimeout: )\d+", _GRACEFUL_STOP_S, 1),
+            # The address each component advertises: loopback, the only interface it has when
+            # isolated (on the host network it still listens on all of them).
+            (r"^(  ip:)[^\n]*", " 127.0.0.1", 7),
+            # The REST API on the proxy port: no client of this project uses it.
+            (r"^(  http:\n    enabled: )true", "false", 1),
+            (r"^(log:\n  level: )\w+", level, 1),
+            (r"^(    interval: )\d+(?= # gc interval)", self.settings.embedded_gc_interval, 1),
+            (r"^(    dropTolerance: )\d+", self.settings.embedded_gc_drop_tolerance, 1),
+        ):
+            template, found = re.subn(pattern, rf"\g<1>{value}", template, flags=re.M)
+            if found != count:
+                raise MeetError(f"embedded Milvus: config template: {pattern!r} not found")
+        _write_private(configs / "milvus.yaml", _PLACEHOLDER.sub(fill, template))
         glog = (package / "glog.conf").read_text(encoding="utf-8")
         glog = glog.replace("--logtostderr=false", "--logtostderr=true")
-        (configs / "glog.conf").write_text(glog, encoding="utf-8")
+        glog = re.sub(r"--minloglevel=\d+", f"--minloglevel={glog_level}", glog)
+        _write_private(configs / "glog.conf", glog)
         client = f"http://127.0.0.1:{ports['etcd_port']}"
         peer = f"http://127.0.0.1:{ports['etcd_peer_port']}"
-        (configs / "embedEtcd.yaml").write_text(
+        _write_private(
+            configs / "embedEtcd.yaml",
             f"name: meet\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
             f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
-            f"initial-cluster: meet={peer}\n",
-            encoding="utf-8",
+            f"initial-cluster: meet={peer}\nlog-level: {etcd_level}\n",
         )
         return configs
 
     def _wait_ready(self, state: dict, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not _healthy(state["metrics_port"]):
-            if not _alive(state["pid"], state["exe"]):
-                hint = _log_hint(self.log) or self._exit_reason()
-                error = _PortTaken if "address already in use" in hint else MeetError
-                raise error(
-                    f"embedded Milvus exited during start-up{f' ({hint})' if hint else ''}; "
-                    f"see its log {self.log}"
-                )
+            if not _state_alive(state):
+                raise self._start_failure(state)
             if time.monotonic() > deadline:
                 raise MeetError(
                     f"embedded Milvus did not answer within {timeout:.0f} s on port "
                     f"{state['port']}; see its log {self.log}"
                 )
             time.sleep(0.2)
+        if state.get("supervised") and "milvus_pid" not in state:
+            milvus_pid = _read_json(self._run_file).get("milvus_pid")
+            if isinstance(milvus_pid, int):
+                state["milvus_pid"] = milvus_pid
+                self._write_state(state)
+
+    def _start_failure(self, state: dict) -> MeetError:
+        """Why the server died while starting, from what the supervisor recorded or the log."""
+        failure = _read_json(self._error_file) if state.get("supervised") else {}
+        if failure.get("kind") == "port_taken":
+            if failure.get("port") == state["port"]:
+                return _port_in_use(state["port"])
+            return _PortTaken(f"embedded Milvus: port {failure.get('port')} was taken")
+        if failure.get("kind") == "isolation":
+            return MeetError(
+                f"embedded Milvus: cannot give it a network of its own ({failure.get('detail')}), "
+                f"and Milvus 2.3.5 alone listens on all interfaces; set embedded_network = "
+                f'"host" (MEET_EMBEDDED_NETWORK=host) to run it so anyway, or point --uri '
+                f"at a server of your own"
+            )
+        if failure:
+            return MeetError(f"embedded Milvus: {failure.get('detail')}; see its log {self.log}")
+        if state.get("network", "host") == "host":
+            # Its ports are free again now that it is gone, unless another program holds one.
+            ports = (state["port"], *state.get("ports", {}).values())
+            held = [p for p in ports if not _port_free(p)]
+            if state["port"] in held:
+                return _port_in_use(state["port"])
+            if held:
+                return _PortTaken(f"embedded Milvus: port {held[0]} was taken")
+        hint = _log_hint(self.log) or self._exit_reason()
+        return MeetError(
+            f"embedded Milvus exited during start-up{f' ({hint})' if hint else ''}; "
+            f"see its log {self.log}"
+        )
 
     def _exit_reason(self) -> str:
-        code = self._proc.poll() if self._proc else None
+        code = _read_json(self._run_file).get("exit")  # Milvus's, as its supervisor saw it
+        if not isinstance(code, int):
+            code = self._proc.poll() if self._proc else None
         if code is None:
             return ""
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
-    def _terminate(self, state: dict, timeout: float) -> None:
-        pid, exe = state["pid"], state["exe"]
-        # Milvus leaves its components' sessions in etcd when it stops, and the next start
-        # then waits (about 30 s, at start-up or at the first load or query) for them to
-        # expire. Deleting them all at once first does not disturb the running components.
-        _drop_sessions(state.get("ports", {}).get("etcd_port"))
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            if self._exited(pid, exe, wait):
-                for run_dir in ("/run/milvus", "/tmp/milvus"):  # Milvus leaves its pid file
-                    with contextlib.suppress(OSError):
-                        Path(run_dir, f"standalone-{state.get('alias')}.pid").unlink()
-                return
-        raise MeetError(f"embedded Milvus (pid {pid}) did not stop; see its log {self.log}")
+    def _authenticate(self, uri: str) -> None:
+        """Make root's password the stored one, replacing Milvus's default at the first start."""
+        stored = _read_json(self.credentials).get("password")
+        if not isinstance(stored, str) or not stored:
+            stored = _new_password()
+            _write_private(self.credentials, json.dumps({"user": _ROOT, "password": stored}))
+        pending_file = self.credentials.with_name("credentials.new.json")
+        pending = _read_json(pending_file).get("password")
+        for password in (stored, pending, _DEFAULT_ROOT_PASSWORD):
+            if not isinstance(password, str) or not password:
+                continue
+            try:
+                client = _client(uri, f"{_ROOT}:{password}", "", CONNECT_TIMEOUT)
+            except _AuthRefused:
+                continue
+            try:
+                if password == _DEFAULT_ROOT_PASSWORD:
+                    client.update_password(_ROOT, password, stored)
+                elif password == pending:  # a rotation that stopped half-way
+                    pending_file.replace(self.credentials)
+            except Exception as e:
+                why = _clean(_clean(str(e), stored), password)
+                raise MeetError(f"embedded Milvus: root's password was not set ({why})") from None
+            finally:
+                client.close()
+            return
+        raise MeetError(
+            f"embedded Milvus refuses the credential stored in {self.credentials}; "
+            f"was root's password changed by hand?"
+        )
 
-    def _exited(self, pid: int, exe: str, wait: float) -> bool:
+    def _terminate(self, state: dict, timeout: float) -> None:
+        pid = state["pid"]
+        if state.get("supervised") and "milvus_pid" not in state:  # stopped before it answered
+            milvus_pid = _read_json(self._run_file).get("milvus_pid")
+            if isinstance(milvus_pid, int):
+                state["milvus_pid"] = milvus_pid
+        if not state.get("supervised") and _listens(pid, state.get("ports", {}).get("etcd_port")):
+            # A server an earlier version launched without a supervisor; see `_drop_sessions`.
+            _drop_sessions(state["ports"]["etcd_port"])
+        # The supervisor drops the sessions of its server's etcd, then stops Milvus.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not self._exited(state, timeout):
+            milvus = state.get("milvus_pid")
+            victims = [pid] if _state_alive(state) else []
+            if milvus and _alive(milvus, state.get("milvus_exe", "")):
+                victims.append(milvus)
+            for victim in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+            if not self._exited(state, 10.0):
+                raise MeetError(f"embedded Milvus (pid {pid}) did not stop; see its log {self.log}")
+        _remove_leftovers(state)
+
+    def _exited(self, state: dict, wait: float) -> bool:
         deadline = time.monotonic() + wait
-        while _alive(pid, exe):
+        milvus = state.get("milvus_pid")
+        while _state_alive(state) or (milvus and _alive(milvus, state.get("milvus_exe", ""))):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
-        if self._proc and self._proc.pid == pid:
+        if self._proc and self._proc.pid == state["pid"]:
             self._proc.wait()  # reap our own child
         return True
 
@@ -326,38 +549,48 @@ class EmbeddedServer:
     def _locked(self) -> Iterator[None]:
         # One starter or stopper per data dir at a time, across processes.
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fh = (self.directory / "server.lock").open("a")
+            loose = self.directory.is_dir() and self.directory.stat().st_mode & 0o077
+            _private_dir(self.directory)
+            if loose:  # written before its files were made private
+                _tighten(self.directory)
+            fd = os.open(self.directory / "server.lock", os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as e:
             raise MeetError(
                 f"embedded Milvus: cannot use {self.directory} ({e.strerror})"
             ) from None
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)
 
     def _read_state(self) -> dict | None:
-        try:
-            state = json.loads(self._state_file.read_text())
-            return state if {"pid", "exe", "port", "metrics_port"} <= state.keys() else None
-        except (OSError, ValueError):
-            return None
+        state = _read_json(self._state_file)
+        return state if {"pid", "exe", "port", "metrics_port"} <= state.keys() else None
+
+    def _write_state(self, state: dict) -> None:
+        _write_private(self._state_file, json.dumps(state, indent=2))
 
 
 # -- clients ----------------------------------------------------------------------------------
 
 
 def connect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> MilvusClient:
-    """A client of the configured Milvus: the embedded server (started or reused) or the URI."""
-    if settings.embedded:
-        server = EmbeddedServer(settings)
-        uri, hint = server.start().uri, f"; see its log {server.log}"
-    else:
-        uri, hint = settings.milvus_uri, ""
+    """A client of the configured Milvus: the embedded server (started or reused) or the URI.
+
+    The embedded server is reached with its stored credential unless a token is configured.
+    """
+    token = settings.milvus_token
+    # A model_copy(update=...) skips validation and may leave a plain str.
+    token = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
+    if not settings.embedded:
+        return _client(settings.milvus_uri, token, settings.milvus_db, timeout)
+    server = EmbeddedServer(settings)
+    uri = server.start().uri
     try:
-        return _client(uri, settings.milvus_token, settings.milvus_db, timeout)
-    except MeetError as e:
-        raise MeetError(f"{e}{hint}" if str(e).endswith("not answering") else str(e)) from None
+        return _client(uri, token or server.token(), settings.milvus_db, timeout)
+    except _NotAnswering as e:
+        raise MeetError(f"{e}; see its log {server.log}") from None
 
 
 def server_version(client: MilvusClient) -> str:
@@ -365,16 +598,24 @@ def server_version(client: MilvusClient) -> str:
     return client.get_server_version()
 
 
-def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs) -> MilvusClient:
+def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs: Any) -> MilvusClient:
+    import grpc
     from pymilvus import MilvusClient
+    from pymilvus.client.types import Status
     from pymilvus.exceptions import MilvusException
 
+    where = f"Milvus at {redact_uri(uri)}"
     with _quiet_pymilvus():
         try:
-            client = MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
+            return MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
         except MilvusException as e:
-            raise MeetError(f"Milvus at {uri}: {_reason(e.message)}") from None
-    return client
+            if e.code == Status.CONNECT_FAILED:
+                raise _NotAnswering(f"{where}: not answering") from None
+            raise MeetError(f"{where}: {_clean(e.message, token)}") from None
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise _AuthRefused(f"{where}: authentication refused (check the token)") from None
+            raise MeetError(f"{where}: {_clean(str(e.details()), token)}") from None
 
 
 @contextlib.contextmanager
@@ -391,10 +632,13 @@ def _quiet_pymilvus() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _reason(message: str) -> str:
-    if "illegal connection params or server unavailable" in message or "Fail connecting" in message:
-        return "not answering"
-    return message.strip().rstrip(".")
+def _clean(message: str, secret: str = "") -> str:
+    """A server's message for one line: no credentials, no trailing period."""
+    # A token "user:password" may show whole or as its password alone.
+    for part in sorted({secret, secret.partition(":")[2]}, key=len, reverse=True):
+        if len(part) >= 4:
+            message = message.replace(part, "***")
+    return redact_uri(message).strip().rstrip(".")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -404,8 +648,61 @@ def _local_uri(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def _port_in_use(port: int) -> MeetError:
+    return MeetError(
+        f"embedded Milvus: port {port} is already in use by another process; "
+        f"set embedded_port (MEET_EMBEDDED_PORT) to a free port, or point --uri at "
+        f"that server if it is a Milvus"
+    )
+
+
 def _env(name: str) -> str:
     return os.environ.get(name, "")
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(24)  # 32 characters; Milvus takes 6 to 256
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600) atomically: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an old tmp file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as fh:
+            fh.write(text)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _tighten(directory: Path) -> None:
+    """Everything under `directory` private to its user: 0700 folders, 0600 files."""
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p := os.path.join(root, name)):
+                    os.chmod(p, 0o700)
+        for name in files:
+            with contextlib.suppress(OSError):
+                p = os.path.join(root, name)
+                if not os.path.islink(p):
+                    os.chmod(p, os.stat(p).st_mode & 0o700)
 
 
 def _package_dir() -> Path:
@@ -473,8 +770,9 @@ def _free_ports(n: int, exclude: set[int]) -> list[int]:
             s.close()
 
 
-def _alive(pid: int, exe: str) -> bool:
-    """True when `pid` is a live (not zombie) process running `exe` (guards against pid reuse)."""
+def _alive(pid: int, exe: str, marker: str | None = None) -> bool:
+    """True when `pid` is a live (not zombie) process running `exe`, with `marker` among its
+    arguments if given (guards against pid reuse)."""
     proc = Path(f"/proc/{pid}")
     if not Path("/proc/self").exists():
         try:
@@ -486,15 +784,53 @@ def _alive(pid: int, exe: str) -> bool:
         return True
     try:
         stat = (proc / "stat").read_text()
-        cmdline = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+        cmdline = [a.decode() for a in args]
     except (OSError, UnicodeDecodeError):
         return False
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
     # The command line reads empty for a moment while the process is being exec'ed.
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and cmdline in ("", exe)
+    if cmdline[0] == "":
+        return True
+    return cmdline[0] == exe and (marker is None or marker in cmdline)
+
+
+def _state_alive(state: dict) -> bool:
+    return _alive(state["pid"], state["exe"], state.get("marker"))
+
+
+def _listens(pid: int, port: int | None) -> bool:
+    """True when process `pid` holds the listening TCP socket of `port` (Linux; else False)."""
+    if not port:
+        return False
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
 
 
 def _drop_sessions(etcd_port: int | None) -> None:
-    """Delete the Milvus components' sessions from its embedded etcd, in one transaction."""
+    """Delete the Milvus components' sessions from its embedded etcd, in one transaction.
+
+    Only for an etcd known to be the stopping server's: the components of whichever server's
+    etcd answers there exit at once ("session key is deleted, exit").
+    """
     if not etcd_port:
         return
 
@@ -518,6 +854,48 @@ def _drop_sessions(etcd_port: int | None) -> None:
             call("kv/txn", {"success": deletes})
     except (OSError, ValueError, KeyError):
         pass  # then the next start waits for the sessions to expire
+
+
+def _remove_leftovers(state: dict) -> None:
+    """The pid and server-id files a stopped or dead server left in /run/milvus, /tmp/milvus."""
+    milvus = state.get("milvus_pid") if state.get("supervised") else state["pid"]
+    exe = state.get("milvus_exe", state["exe"])
+    if isinstance(milvus, int) and not _alive(milvus, exe):
+        with contextlib.suppress(OSError):
+            Path(f"/tmp/milvus/server_id_{milvus}").unlink()
+    _remove_pid_file(state.get("alias"))
+    # Earlier runs left one server-id file per start: those of processes gone are garbage.
+    if not Path("/proc/self").exists():
+        return  # no way to tell which processes are gone
+    with contextlib.suppress(OSError):
+        for leftover in Path("/tmp/milvus").glob("server_id_*"):
+            pid = leftover.name.removeprefix("server_id_")
+            if pid.isdigit() and _gone(int(pid)) and _owned(leftover):
+                leftover.unlink(missing_ok=True)
+
+
+def _remove_pid_file(alias: str | None) -> None:
+    if not alias:
+        return
+    for run_dir in ("/run/milvus", "/tmp/milvus"):
+        pid_file = Path(run_dir, f"standalone-{alias}.pid")
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip() or 0)
+            if not pid or _gone(pid):
+                pid_file.unlink()
+
+
+def _gone(pid: int) -> bool:
+    """True when process `pid` has exited: no such process, or a zombie not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _owned(path: Path) -> bool:
+    return path.stat().st_uid == os.getuid()
 
 
 def _healthy(metrics_port: int) -> bool:
@@ -548,9 +926,205 @@ def _log_hint(log: Path) -> str:
     return panic.group(1).strip()[:200] if panic else ""
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _rotate_files(log: Path, backups: int) -> None:
+    """milvus.log -> milvus.log.1 -> ... -> milvus.log.<backups> (the oldest is dropped)."""
+    for i in range(backups - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            log.with_name(f"{log.name}.{i}").replace(log.with_name(f"{log.name}.{i + 1}"))
+    with contextlib.suppress(FileNotFoundError):
+        log.replace(log.with_name(f"{log.name}.1"))
 
+
+def _die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig)
+
+
+# -- the supervisor (a process of its own, started by EmbeddedServer._launch) -----------------
+
+_SUPERVISOR_MAIN = "from meet_milvus.server import _supervise; _supervise()"
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _supervise() -> None:
+    """Run Milvus as `sys.argv[1]` (a spec written by `_launch`) says, until it exits.
+
+    Isolated: bind the relayed ports on this machine's 127.0.0.1 first, then move into a new
+    network namespace, where Milvus starts and listens. Then: write its output to the rotated
+    log, relay connections, and on SIGTERM drop its sessions and stop it.
+    """
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    os.umask(0o077)  # what Milvus writes is private too
+    log = _RotatingLog(Path(spec["log"]), spec["log_max_bytes"], spec["log_backups"])
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stopping.set())
+    isolated = spec["network"] == "isolated"
+    try:
+        # Before any thread starts: a process must be single-threaded to leave its namespaces.
+        listeners = _host_listeners(spec["host_ports"]) if isolated else []
+        if isolated:
+            _own_network()
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **spec["env"]}
+        try:
+            milvus = subprocess.Popen(
+                spec["milvus"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # a killed supervisor leaves no server behind
+            )
+        except OSError as e:
+            raise _SetupError("exec", f"cannot run {spec['milvus'][0]} ({e.strerror})") from None
+    except _SetupError as e:
+        log.note("ERROR", f"embedded Milvus not started: {e}")
+        _write_private(Path(spec["error_file"]), json.dumps(e.record))
+        sys.exit(_EXIT_SETUP)
+    _write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid}))
+    assert milvus.stdout is not None
+    pump = threading.Thread(target=log.pump, args=(milvus.stdout,), daemon=True)
+    pump.start()
+    for listener, port in listeners:
+        threading.Thread(target=_relay_accept, args=(listener, port), daemon=True).start()
+    if isolated:
+        log.note("INFO", f"isolated: relaying 127.0.0.1:{spec['host_ports']} into its network")
+    stopped = False
+    while True:
+        try:
+            code = milvus.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping.is_set() and not stopped:
+            # Isolated, any etcd in this network is this server's; on the host network the port
+            # may have been taken over by another server's etcd, so check who holds it.
+            if isolated or _listens(milvus.pid, spec["etcd_port"]):
+                _drop_sessions(spec["etcd_port"])
+            milvus.send_signal(signal.SIGTERM)
+            stopped = True
+    pump.join(timeout=10)
+    with contextlib.suppress(OSError):
+        Path(f"/tmp/milvus/server_id_{milvus.pid}").unlink()
+    _remove_pid_file(spec["alias"])
+    log.note("INFO", f"embedded Milvus exited ({code})")
+    _write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid, "exit": code}))
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def _host_listeners(ports: list[int]) -> list[tuple[socket.socket, int]]:
+    listeners = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise _SetupError("port_taken", f"port {port}: {e.strerror}", port) from None
+        s.listen(128)
+        listeners.append((s, port))
+    return listeners
+
+
+def _own_network() -> None:
+    """Move this process into a new network namespace, its loopback up (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        unshare = libc.unshare
+    except (OSError, AttributeError):
+        raise _SetupError("isolation", "no network namespaces on this system") from None
+
+    def call(flags: int) -> None:
+        if unshare(flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    try:
+        try:
+            call(_CLONE_NEWNET)  # root (CAP_SYS_ADMIN) needs no user namespace
+        except PermissionError:
+            uid, gid = os.getuid(), os.getgid()
+            call(_CLONE_NEWUSER | _CLONE_NEWNET)
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+        # A new namespace's loopback is down: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            request = struct.pack("16sH22x", b"lo", 0)
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s, 0x8913, request))[1]
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1))
+    except OSError as e:
+        raise _SetupError("isolation", f"unshare: {e.strerror}") from None
+
+
+def _relay_accept(listener: socket.socket, port: int) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=_relay, args=(conn, port), daemon=True).start()
+
+
+def _relay(conn: socket.socket, port: int) -> None:
+    """Pass bytes both ways between a client on this machine and Milvus in its network."""
+    try:
+        upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError:
+        conn.close()
+        return
+    upstream.settimeout(None)
+    for s in (conn, upstream):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small frames
+    back = threading.Thread(target=_pump_bytes, args=(upstream, conn), daemon=True)
+    back.start()
+    _pump_bytes(conn, upstream)
+    back.join()
+    conn.close()
+    upstream.close()
+
+
+def _pump_bytes(src: socket.socket, dst: socket.socket) -> None:
+    buffer = bytearray(1 << 16)
+    try:
+        while n := src.recv_into(buffer):
+            dst.sendall(memoryview(buffer)[:n])
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)  # pass the end of the stream on
+
+
+class _RotatingLog:
+    """The server's log on this process's stdout and stderr, rotated by size."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.size = os.fstat(1).st_size
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            if self.size and self.size + len(data) > self.max_bytes:
+                _rotate_files(self.path, self.backups)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
+                self.size = 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view) :]
+            self.size += len(data)
+
+    def note(self, level: str, message: str) -> None:
+        """A line in Milvus's own format, so that `_log_hint` finds errors."""
+        now = time.strftime("%Y/%m/%d %H:%M:%S +00:00", time.gmtime())
+        self.write(f'[{now}] [{level}] [meet_milvus/server.py] ["{message}"]\n'.encode())
+
+    def pump(self, stream: Any) -> None:
+        fd = stream.fileno()
+        while chunk := os.read(fd, 1 << 16):
+            self.write(chunk)

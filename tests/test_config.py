@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from meet_milvus.config import load_settings
+from meet_milvus.config import load_settings, redact_uri
 from meet_milvus.errors import MeetError
 
 
@@ -58,6 +58,9 @@ def test_paths_expand_user():
         ({"milvus_uri": "localhost:19530"}, "setting 'milvus_uri'"),
         ({"embedded_port": 70000}, "setting 'embedded_port'"),
         ({"log_level": "loud"}, "setting 'log_level'"),
+        ({"embedded_network": "none"}, "setting 'embedded_network'"),
+        ({"embedded_gc_interval": 0}, "setting 'embedded_gc_interval'"),
+        ({"embedded_gc_drop_tolerance": -1}, "setting 'embedded_gc_drop_tolerance'"),
     ],
 )
 def test_invalid_values_name_the_setting(overrides, needle):
@@ -79,3 +82,21 @@ def test_unknown_key_and_bad_toml(tmp_path):
         load_settings(_toml(tmp_path, "device = \n"))
     with pytest.raises(MeetError, match="cannot read"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_secrets_stay_out_of_repr(tmp_path, monkeypatch):
+    cfg = _toml(tmp_path, 'milvus_uri = "http://bob:hunter2@milvus.example:19530"\n')
+    monkeypatch.setenv("MEET_MILVUS_TOKEN", "root:s3cr3t-token")
+    s = load_settings(cfg)
+    # Clients still get both in clear.
+    assert s.milvus_token.get_secret_value() == "root:s3cr3t-token"
+    assert s.milvus_uri == "http://bob:hunter2@milvus.example:19530"
+    for text in (repr(s), str(s), f"{s!r}", repr(s.milvus_token), str(s.milvus_token)):
+        assert "s3cr3t" not in text and "hunter2" not in text
+    assert "milvus_uri='http://***@milvus.example:19530'" in repr(s)
+    assert load_settings(milvus_token="flag:wins").milvus_token.get_secret_value() == "flag:wins"
+
+
+def test_redact_uri():
+    assert redact_uri("at https://u:p@h:1/x and tcp://a@b:2") == "at https://***@h:1/x and tcp://***@b:2"
+    assert redact_uri("http://h:19530") == "http://h:19530"

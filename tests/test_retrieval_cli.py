@@ -13,7 +13,8 @@ from meet_milvus.cli import cli
 @pytest.fixture(scope="module")
 def flags(runtime_settings):
     s = runtime_settings
-    return ["--uri", s.milvus_uri, "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
+    return ["--uri", s.milvus_uri, "--token", s.milvus_token.get_secret_value(),
+            "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
             "--device", "cpu"]  # fmt: skip
 
 
@@ -65,6 +66,7 @@ def test_eval_measures_which_pq_stage_reproduces_the_model(flags, demo_gallery):
 
 def test_user_errors_exit_2_with_one_line(runtime_settings):
     env = dict(os.environ, MEET_MILVUS_URI=runtime_settings.milvus_uri,
+               MEET_MILVUS_TOKEN=runtime_settings.milvus_token.get_secret_value(),
                MEET_DATA_DIR=str(runtime_settings.data_dir))  # fmt: skip
     main = [sys.executable, "-c", "from meet_milvus.cli import main; main()"]
     cmd = [*main, "search", "   ", "--collection", "t_demo"]

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_embedded_server_is_milvus_2_3_5(milvus_settings):
     assert server_version(client).lstrip("v").startswith("2.3.5")
     found = EmbeddedServer(milvus_settings).status()
     assert found.running and found.uri == f"http://127.0.0.1:{milvus_settings.embedded_port}"
-    assert found.log.is_file()
+    assert found.log.is_file() and found.network == "isolated"
 
 
 def test_connect_reuses_the_running_server(milvus_settings):
@@ -146,11 +147,17 @@ def test_server_start_status_stop(tmp_path):
         assert status.returncode == 0, status.stderr
         assert f"running: Milvus v2.3.5-lite at {address}" in status.stdout
         assert str(settings.milvus_dir / "logs" / "milvus.log") in status.stdout
+        assert "network: its own; only its port on 127.0.0.1 is reachable" in status.stdout
         again = _cli(["server", "start"], settings, tmp_path)
         assert again.returncode == 0 and again.stdout.startswith("already running")
 
+        state = json.loads((settings.milvus_dir / "server.json").read_text())
         stopped = _cli(["server", "stop"], settings, tmp_path)
         assert stopped.returncode == 0 and "stopped embedded Milvus" in stopped.stdout
+        # What Milvus leaves outside the data dir goes with it.
+        assert not Path(f"/tmp/milvus/server_id_{state['milvus_pid']}").exists()
+        alias = f"standalone-{state['alias']}.pid"
+        assert not any(Path(d, alias).exists() for d in ("/run/milvus", "/tmp/milvus"))
         after = _cli(["server", "status"], settings, tmp_path)
         assert after.returncode == 1 and "not running" in after.stdout
 
@@ -173,6 +180,10 @@ def test_server_start_status_stop(tmp_path):
 def test_uri_not_answering_is_one_line(tmp_path):
     settings = embedded_settings(tmp_path, milvus_uri="http://127.0.0.1:9")
     with pytest.raises(MeetError, match=r"^Milvus at http://127.0.0.1:9: not answering$"):
+        connect(settings, timeout=2)
+    # Credentials in the URI are not echoed.
+    settings = embedded_settings(tmp_path, milvus_uri="http://bob:hunter2@127.0.0.1:9")
+    with pytest.raises(MeetError, match=r"^Milvus at http://\*\*\*@127.0.0.1:9: not answering$"):
         connect(settings, timeout=2)
     env_uri = {**os.environ, "MEET_MILVUS_URI": "http://127.0.0.1:9"}
     done = subprocess.run(
@@ -211,6 +222,29 @@ def test_port_in_use_is_refused_before_launch(tmp_path):
         with pytest.raises(MeetError, match=f"port {settings.embedded_port} is already in use"):
             EmbeddedServer(settings).start()
     assert not (settings.milvus_dir / "server.json").exists()
+
+
+def test_bad_input_never_stops_a_running_server(milvus_settings, tmp_path):
+    before = EmbeddedServer(milvus_settings).status()
+    assert before.running
+    log = milvus_settings.milvus_dir / "logs" / "milvus.log"
+    size = log.stat().st_size
+    for args in (
+        ["server", "start", "--timeout", "0"],
+        ["server", "start", "--timeout", "nan"],
+        ["server", "stop", "--timeout", "-1"],
+        ["server", "stop", "--timeout", "soon"],
+        ["server", "status", "--timeout", "inf"],
+        ["server", "rotate-credentials", "--timeout", "-5"],
+    ):
+        done = _cli(args, milvus_settings, tmp_path)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+    after = EmbeddedServer(milvus_settings).status()
+    assert after.running and after.pid == before.pid
+    with log.open("rb") as fh:
+        fh.seek(size)
+        assert b"session key is deleted" not in fh.read()
 
 
 def test_server_that_dies_at_start_names_its_log(tmp_path):

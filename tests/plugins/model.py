@@ -48,9 +48,10 @@ def runtime_settings(milvus_settings, demo_data):
     from meet_milvus.config import load_settings
     from meet_milvus.server import EmbeddedServer
 
-    uri = EmbeddedServer(milvus_settings).status().uri
+    server = EmbeddedServer(milvus_settings)
     return load_settings(
-        milvus_uri=uri,
+        milvus_uri=server.status().uri,
+        milvus_token=server.token(),  # the embedded server asks for its stored credential
         data_dir=_data_dir(demo_data),
         cache_dir=getattr(demo_data, "cache_dir", _data_dir(demo_data) / "cache"),
         device="cpu",
