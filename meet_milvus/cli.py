@@ -1,4 +1,4 @@
-"""`meet-milvus`: the runtime command line (server, data, load, search, eval)."""
+"""`meet-milvus`: the runtime command line (server, data, load, search, eval, serve)."""
 
 from __future__ import annotations
 
@@ -45,12 +45,13 @@ def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
 
 
 def _register() -> None:
-    from meet_milvus.commands import data, retrieval, server
+    from meet_milvus.commands import data, retrieval, serve, server
 
     cli.add_command(server.server)
     cli.add_command(data.data)
     for command in retrieval.COMMANDS:
         cli.add_command(command)
+    cli.add_command(serve.serve)
 
 
 _register()

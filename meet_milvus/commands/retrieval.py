@@ -44,6 +44,16 @@ def _searcher(collection: str, checkpoint: Path | None, **overrides):
 
 HASH_MODE = "--hash-mode"
 HASH_MODE_HELP = "Hamming stage: a client-side scan (no topk cap) or Milvus BIN_IVF_FLAT [client]"
+TIER = click.option(
+    "--tier", type=click.Choice(["local", "server"]),
+    help="read the gallery from its local tier (codes in RAM, vectors on disk) or from the "
+    "Milvus collections [local]",
+)  # fmt: skip
+FILTER = click.option(
+    "--filter", "first_filter", type=click.Choice(["auto", "meet", "ann"]),
+    help="first filter: MEET's codes (Hamming -> PQ) or the ANN index; auto: ANN from "
+    "50,000 items on [auto]",
+)  # fmt: skip
 
 
 def _given(**options: object) -> dict:
@@ -60,8 +70,19 @@ def _given(**options: object) -> dict:
 @click.option("--no-rerank", is_flag=True, help="skip consistency/complementarity re-ranking")
 @click.option("--diagnostics", is_flag=True, help="show each result's rank after every stage")
 @click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
-def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_mode) -> None:
-    """Images for TEXT, or captions for --image, as a table (rank, score, source)."""
+@TIER
+@FILTER
+@click.option(
+    "--sheet",
+    type=click.Path(path_type=Path),
+    help="also draw the results into this picture (.png/.jpg): a contact sheet",
+)
+def search(
+    text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_mode, tier,
+    first_filter, sheet,
+) -> None:  # fmt: skip
+    """Images for TEXT, or captions for --image, as a table (rank, score, source; for captions
+    also the image each describes and the caption's external id)."""
     from meet_milvus.searcher import check_k
 
     if (text is None) == (image is None):
@@ -69,8 +90,13 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_
     check_k(k)
     if text is not None and not text.strip():
         raise MeetError("query 0: the text is empty")  # before the slow model load
+    if sheet is not None:
+        from meet_milvus.sheet import check_path
+
+        check_path(sheet)  # a bad path is refused before the search, not after it
     overrides = {"rerank": False} if no_rerank else {}
-    searcher = _searcher(collection, checkpoint, **overrides, **_given(hash_mode=hash_mode))
+    given = _given(hash_mode=hash_mode, tier=tier, filter=first_filter)
+    searcher = _searcher(collection, checkpoint, **overrides, **given)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -82,11 +108,20 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_
         click.echo(f"warning: {w.message}", err=True)
     ms = 1000 * (time.perf_counter() - start)
     stages = list(hits[0].stages) if diagnostics and hits else []
-    click.echo(" | ".join(["rank", "score", *(f"{s} rank" for s in stages), "source"]))
+    # A caption names the image it describes (gallery id) and itself (external id), so a hit
+    # can be traced back to the data set.
+    where = ["image", "external id", "caption"] if image is not None else ["source"]
+    click.echo(" | ".join(["rank", "score", *(f"{s} rank" for s in stages), *where]))
     for rank, hit in enumerate(hits, 1):
         ranks = [str(hit.stages[s].rank or "-") for s in stages] if stages else []
-        click.echo(" | ".join([f"{rank:>4}", f"{hit.score:.4f}", *ranks, hit.source]))
+        ids = [str(hit.image), hit.external_id] if image is not None else []
+        click.echo(" | ".join([f"{rank:>4}", f"{hit.score:.4f}", *ranks, *ids, hit.source]))
     click.echo(f"({len(hits)} results from '{collection}' in {ms:.0f} ms)", err=True)
+    if sheet is not None:
+        from meet_milvus.sheet import write_sheet
+
+        write_sheet(sheet, hits, text=text, image=image)
+        click.echo(f"(contact sheet: {sheet})", err=True)
 
 
 @click.command("eval")
@@ -107,10 +142,13 @@ def search(text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_
     is_flag=True,
     help="how well each quantized-stage mode reproduces the model's own PQ top-10",
 )
+@TIER
+@FILTER
 @click.option("--batch-size", default=256, show_default=True, help="queries per request")
 def evaluate(
-    collection, checkpoint, methods, pq_mode, hash_mode, tune, pq_agreement, batch_size
-) -> None:
+    collection, checkpoint, methods, pq_mode, hash_mode, tune, pq_agreement, tier, first_filter,
+    batch_size,
+) -> None:  # fmt: skip
     """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
     from loaders.milvus_loader import encode_split
     from loaders.precomp import load_split
@@ -118,7 +156,8 @@ def evaluate(
     from meet_milvus.evaluation import format_table
 
     settings = _settings()
-    searcher = _searcher(collection, checkpoint, **_given(pq_mode=pq_mode, hash_mode=hash_mode))
+    given = _given(pq_mode=pq_mode, hash_mode=hash_mode, tier=tier, filter=first_filter)
+    searcher = _searcher(collection, checkpoint, **given)
     meta = searcher.gallery.meta["image"]
     data, split_name = meta.source.rsplit("/", 1)
     split = load_split(settings.data_dir, data, split_name)

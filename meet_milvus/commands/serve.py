@@ -1,0 +1,53 @@
+"""`meet-milvus serve`: one warm `MeetSearcher` behind a JSON API and a web page."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from meet_milvus.commands.retrieval import HASH_MODE, HASH_MODE_HELP, _given, _searcher
+
+
+@click.command("serve")
+@click.option("--collection", required=True, help="gallery name in Milvus, e.g. demo")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-rerank", is_flag=True, help="re-ranking off by default (a request may ask)")
+@click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
+@click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01),
+              help="largest image upload")  # fmt: skip
+def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_mb) -> None:
+    """Serve searches of a gallery: a web page at / and a JSON API (/docs describes it)."""
+    from meet_milvus.web.run import bind, is_loopback, serve, url_of
+
+    # The port first: a port in use is found before the model load, not after it.
+    sock = bind(host, port)
+    try:
+        if not is_loopback(host):
+            click.echo(
+                f"warning: listening on {host}: anyone who reaches this port can query the "
+                "gallery and see its images (there is no authentication)",
+                err=True,
+            )
+        from meet_milvus.web.app import create_app, warm_up
+
+        began = time.perf_counter()
+        overrides = {"rerank": False} if no_rerank else {}
+        searcher = _searcher(collection, checkpoint, **overrides, **_given(hash_mode=hash_mode))
+        warm_up(searcher)
+        app = create_app(searcher, max_upload=int(max_upload_mb * 1024 * 1024))
+        click.echo(
+            f"serving '{collection}' at {url_of(sock)} (ready in "
+            f"{time.perf_counter() - began:.1f} s; Ctrl-C stops)",
+            err=True,
+        )
+        try:
+            serve(app, sock, log_level="warning")
+        except KeyboardInterrupt:
+            # uvicorn has shut down cleanly and re-raised Ctrl-C: the normal way to stop.
+            click.echo("stopped", err=True)
+    finally:
+        sock.close()

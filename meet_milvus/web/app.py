@@ -1,0 +1,351 @@
+"""The search service: `create_app(searcher)` -> a FastAPI application.
+
+Why FastAPI (on uvicorn): requests and responses are pydantic models, which the project already
+uses for `SearchConfig` and `Hit`, so validation, JSON and the OpenAPI description (/docs) come
+from the same types; it is well kept, and its TestClient lets the tests call the app in-process.
+No hand-written HTTP server: parsing, multipart uploads (python-multipart) and limits are the
+part to leave to maintained code.
+
+    POST /api/search         {"text": ..., "k": 10, "diagnostics": false, "switches": {...}}
+    POST /api/search/image   multipart: file=<image>, k, diagnostics, switches (JSON text)
+    GET  /api/images/{id}    the image of a gallery item that a result returned (by id)
+    GET  /api/info           the gallery, the model and the searcher's default switches
+    GET  /                   the web page
+
+Errors are JSON, `{"error": "one line"}`: MeetError (bad query, k, setting) 400, schema errors
+422, unknown image 404, oversized upload 413, not an image 415, anything else 500.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime,
+# and those of the upload handler name a local (the size limit).
+import copy
+import io
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meet_milvus.errors import MeetError
+from meet_milvus.results import Hit
+
+MAX_UPLOAD = 10 * 1024 * 1024  # bytes of one uploaded image
+MAX_BODY = 64 * 1024  # bytes of any other request body (a query is a sentence, not a book)
+MAX_K = 100  # results a request may ask for: a page of thumbnails, not a data dump
+KNOWN_IMAGES = 50_000  # gallery image ids remembered from results, most recent first
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
+UPLOAD_PATH = "/api/search/image"
+
+
+class Switches(BaseModel):
+    """Per-request overrides of the searcher's `SearchConfig` (None: keep the server's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hash: bool | None = Field(None, description="Hamming filter stage")
+    pq: bool | None = Field(None, description="product-quantization filter stage")
+    exact: bool | None = Field(None, description="exact dense re-scoring stage")
+    rerank: bool | None = Field(None, description="consistency/complementarity re-ranking")
+    alpha: float | None = Field(None, description="weight of consistency")
+    beta: float | None = Field(None, description="weight of complementarity")
+    z: int | None = Field(None, description="re-ranking depth")
+    exact_keep: int | None = Field(None, description="candidates the exact stage keeps")
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TextSearch(BaseModel):
+    """Images for a text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description="the query, e.g. 'a tiger next to a flower'")
+    k: int = Field(10, description=f"results, 1 to {MAX_K}")
+    diagnostics: bool = Field(False, description="each hit's rank and score after every stage")
+    switches: Switches = Field(default_factory=Switches)
+
+
+class ResultHit(Hit):
+    """A `Hit` with its rank and, for an image, the URL of its picture."""
+
+    rank: int
+    thumbnail: str | None = None  # /api/images/{id} for image hits
+
+
+class SearchResponse(BaseModel):
+    query: str  # the text, or the uploaded file's name
+    hits: list[ResultHit]
+    modality: Literal["image", "text"]  # what the hits are
+    k: int
+    ms: float  # time in the searcher (encoding and the cascade), not in the queue or network
+    warnings: list[str] = []
+
+
+class Info(BaseModel):
+    collection: str
+    model: str
+    config: dict[str, Any]  # the server's SearchConfig: the defaults a request overrides
+    max_upload_bytes: int
+    max_k: int
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def create_app(
+    searcher: Any, *, max_upload: int = MAX_UPLOAD, title: str = "meet-milvus"
+) -> FastAPI:
+    """The service over `searcher`: a `MeetSearcher`, or any object with its interface
+    (`.search`, `.search_image`, `.config` a pydantic `SearchConfig`)."""
+    app = FastAPI(
+        title=title,
+        description="MEET image-text retrieval on Milvus",
+        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    )
+    # The upload's envelope (boundaries, form fields) may add a little to the file's own limit.
+    upload = (max_upload + MAX_BODY, f"upload larger than {size(max_upload)}")
+    app.add_middleware(BodyLimit, limits={UPLOAD_PATH: upload}, default=MAX_BODY)
+    _error_handlers(app)
+    # The cascade caches gallery data on first use and the model is not re-entrant: one query
+    # at a time (FastAPI runs these handlers in a thread pool).
+    lock = threading.Lock()
+    known = _KnownImages(KNOWN_IMAGES)
+
+    def run(
+        query: str, modality: str, k: int, switches: Switches, call: Callable[[Any], list[Hit]]
+    ) -> SearchResponse:
+        if isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise MeetError(f"k={k}: must be an integer between 1 and {MAX_K}")
+        target = _configured(searcher, switches.given())
+        with lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.perf_counter()
+            hits = call(target)
+            ms = 1000 * (time.perf_counter() - start)
+        out = []
+        for rank, hit in enumerate(hits, 1):
+            thumbnail = None
+            if hit.modality == "image":
+                known.add(hit.id, hit.source)
+                thumbnail = f"/api/images/{hit.id}"
+            out.append(ResultHit(**hit.model_dump(), rank=rank, thumbnail=thumbnail))
+        return SearchResponse(
+            query=query,
+            hits=out,
+            modality=modality,
+            k=k,
+            ms=round(ms, 2),
+            warnings=[str(w.message) for w in caught],
+        )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        from meet_milvus.web.page import PAGE
+
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/info")
+    def info() -> Info:
+        gallery = getattr(searcher, "gallery", None)
+        model_config = getattr(getattr(searcher, "model", None), "config", None)
+        return Info(
+            collection=getattr(gallery, "name", "gallery"),
+            model=getattr(model_config, "fingerprint", "")[:12],
+            config=searcher.config.model_dump(),
+            max_upload_bytes=max_upload,
+            max_k=MAX_K,
+        )
+
+    @app.post("/api/search")
+    def search_text(query: TextSearch) -> SearchResponse:
+        def call(s: Any) -> list[Hit]:
+            return s.search(query.text, k=query.k, diagnostics=query.diagnostics)
+
+        return run(query.text, "image", query.k, query.switches, call)
+
+    @app.post(UPLOAD_PATH, responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+    def search_image(
+        file: Annotated[UploadFile, File(description=f"an image, at most {max_upload} bytes")],
+        k: Annotated[int, Form()] = 10,
+        diagnostics: Annotated[bool, Form()] = False,
+        switches: Annotated[str, Form(description="JSON object of Switches")] = "{}",
+    ) -> SearchResponse:
+        chosen = _parse_switches(switches)
+        data = file.file.read(max_upload + 1)
+        name = Path(file.filename or "upload").name
+        kind = _check_image(data, name, max_upload)
+        # search_image reads a file: the upload goes to a private (0700) temp dir, removed after.
+        with tempfile.TemporaryDirectory(prefix="meet-upload-") as tmp:
+            path = Path(tmp) / f"upload.{kind.lower()}"
+            path.write_bytes(data)
+
+            def call(s: Any) -> list[Hit]:
+                return s.search_image(path, k=k, diagnostics=diagnostics)
+
+            return run(name, "text", k, chosen, call)
+
+    @app.get("/api/images/{item_id}", responses={404: {"model": ErrorResponse}})
+    def gallery_image(item_id: int) -> FileResponse:
+        # Only ids a result returned, served from the source recorded in Milvus for them: the
+        # client names an id, never a path.
+        source = known.get(item_id)
+        if source is None:
+            raise HTTPException(404, f"image {item_id}: not among the results served")
+        path = Path(source)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not _is_file(path):
+            raise HTTPException(404, f"image {item_id}: its source is not an image file here")
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+    return app
+
+
+def warm_up(searcher: Any) -> float:
+    """One query through the whole cascade, so the first user does not pay for loading the
+    gallery's caches; returns its seconds."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher.search("warm up", k=1)
+    return time.perf_counter() - start
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _configured(searcher: Any, overrides: dict[str, Any]) -> Any:
+    """The searcher with some switches changed, sharing its model, client and caches; the
+    shared one is never modified (other requests use it at the same time)."""
+    if not overrides:
+        return searcher
+    try:
+        config = type(searcher.config).model_validate({**searcher.config.model_dump(), **overrides})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise MeetError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
+    variant = copy.copy(searcher)
+    variant.config = config
+    return variant
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def _parse_switches(text: str) -> Switches:
+    try:
+        return Switches.model_validate_json(text or "{}")
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", "switches", *err["loc"])} for err in e.errors()]
+        ) from None
+
+
+def _check_image(data: bytes, name: str, limit: int) -> str:
+    """The image's format (PNG, JPEG, ...); 400/413/415 with a reason when it is not one."""
+    if not data:
+        raise HTTPException(400, f"upload {name}: the file is empty")
+    if len(data) > limit:
+        raise HTTPException(413, f"upload {name}: larger than {size(limit)}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # checks the structure without decoding all pixels
+            kind = im.format or "image"
+    except Image.DecompressionBombError:
+        raise HTTPException(413, f"upload {name}: too many pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        formats = "PNG, JPEG, GIF, WebP, BMP"
+        raise HTTPException(415, f"upload {name}: not an image ({formats})") from None
+    return kind
+
+
+class _KnownImages:
+    """Gallery image id -> source, for the images results have returned (bounded, LRU)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[int, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, item_id: int, source: str) -> None:
+        with self._lock:
+            self._items[item_id] = source
+            self._items.move_to_end(item_id)
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def get(self, item_id: int) -> str | None:
+        with self._lock:
+            return self._items.get(item_id)
+
+
+class BodyLimit:
+    """Refuses request bodies over a size (413) while they arrive, declared or chunked, so an
+    oversized upload is never read whole into memory or onto disk."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, tuple[int, str]], default: int) -> None:
+        self.app, self.limits = app, limits
+        self.default = (default, f"request body larger than {size(default)}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, message = self.limits.get(scope["path"], self.default)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"error": message}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            item = await receive()
+            received += len(item.get("body", b""))
+            if received > limit:
+                # An HTTPException passes FastAPI's body parsing unchanged (others become 400).
+                raise HTTPException(413, message)
+            return item
+
+        await self.app(scope, limited, send)
+
+
+def size(n: int) -> str:
+    """Bytes as people read them: 10 MB, 64 KB, 1.95 KB."""
+    return f"{n / 2**20:.3g} MB" if n >= 2**20 else f"{n / 2**10:.3g} KB"
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MeetError)
+    async def meet_error(_: Request, e: MeetError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        return JSONResponse({"error": f"{where}: {err['msg']}"}, 422)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, e: Exception) -> JSONResponse:
+        # The traceback goes to the server log (uvicorn prints it); the client gets one line.
+        return JSONResponse({"error": f"internal error: {type(e).__name__}"}, 500)

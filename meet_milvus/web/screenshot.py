@@ -1,0 +1,84 @@
+"""A screenshot of the search page with real results, for the README:
+
+    python -m meet_milvus.web.screenshot --collection demo --out docs/serve.png \\
+        --query "an apple on a white background"
+
+Starts the service on a free loopback port, types the query into the page in headless
+Chromium (see browser.py), waits for every thumbnail to load, and saves a full-page PNG.
+Settings come from MEET_* variables / the TOML file, as for every command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from meet_milvus.errors import MeetError
+
+
+def take(
+    searcher: object,
+    out: Path,
+    query: str,
+    k: int = 10,
+    image: Path | None = None,
+    diagnostics: bool = False,
+) -> Path:
+    """Saves the page after `query` (and, with `image`, after uploading it) to `out` (PNG)."""
+    from meet_milvus.web.app import create_app
+    from meet_milvus.web.browser import chromium_page, search_text
+    from meet_milvus.web.run import serving
+
+    check_out(out)
+    with serving(create_app(searcher)) as url, chromium_page() as page:
+        search_text(page, url, query, k=k, diagnostics=diagnostics)
+        if image is not None:
+            page.set_input_files("#upload", str(image))
+            page.wait_for_selector("ol.captions li", timeout=60_000)
+        if diagnostics:
+            page.eval_on_selector_all("details.stages", "ds => ds.forEach(d => d.open = true)")
+        page.screenshot(path=str(out), full_page=True)
+    return out
+
+
+def check_out(out: Path) -> Path:
+    if out.suffix.lower() != ".png":
+        raise MeetError(f"--out {out}: give a .png path")
+    if not out.parent.is_dir():
+        raise MeetError(f"--out {out}: folder {out.parent} not found")
+    return out
+
+
+@click.command()
+@click.option("--collection", required=True, help="gallery name in Milvus, e.g. demo")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write")
+@click.option("--query", default="an apple on a white background", show_default=True)
+@click.option("-k", "k", default=10, show_default=True, help="results")
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="then upload this image (captions instead of thumbnails)")  # fmt: skip
+@click.option("--diagnostics", is_flag=True, help="show the per-stage ranks")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
+def main(collection, out, query, k, image, diagnostics, checkpoint) -> None:
+    """Screenshot of `meet-milvus serve`'s page with the results of QUERY."""
+    from meet_milvus.searcher import MeetSearcher
+    from meet_milvus.web.browser import chromium_missing
+
+    check_out(out)  # before the model load, as is the browser check
+    if reason := chromium_missing():
+        raise MeetError(reason)
+    searcher = MeetSearcher(collection, checkpoint=checkpoint)
+    take(searcher, out, query, k=k, image=image, diagnostics=diagnostics)
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main.main(standalone_mode=False)
+    except MeetError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)

@@ -1,0 +1,284 @@
+"""`meet-milvus serve`: the JSON API over a real MeetSearcher on the demo gallery, the command as
+a process, and the page in headless Chromium (skipped where /usr/bin/chromium is absent)."""
+
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from loaders.precomp import load_split
+from meet_milvus import MeetSearcher
+from meet_milvus.searcher import SearchConfig
+from meet_milvus.web.app import MAX_BODY, Switches, create_app
+from meet_milvus.web.browser import chromium_missing, chromium_page, loaded_images, search_text
+from meet_milvus.web.run import serving
+
+
+@pytest.fixture(scope="module")
+def searcher(runtime_settings, demo_gallery):
+    return MeetSearcher(demo_gallery, settings=runtime_settings)
+
+
+@pytest.fixture(scope="module")
+def split(runtime_settings):
+    return load_split(runtime_settings.data_dir, "demo", "test")
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    with TestClient(create_app(searcher)) as c:
+        yield c
+
+
+def _ids(hits):
+    return [h["id"] if isinstance(h, dict) else h.id for h in hits]
+
+
+def test_text_search_answers_with_the_searchers_hits(client, searcher, split):
+    response = client.post("/api/search", json={"text": split.captions[0], "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = searcher.search(split.captions[0], k=5)
+    assert body["modality"] == "image" and body["k"] == 5 and body["ms"] > 0
+    assert _ids(body["hits"]) == _ids(expected)
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in expected])
+    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5]
+    assert all(h["thumbnail"] == f"/api/images/{h['id']}" for h in body["hits"])
+    assert all(h["source"] == split.image_paths[h["id"]] for h in body["hits"])
+    assert body["hits"][0]["stages"] is None
+
+
+def test_switches_change_one_request_not_the_server(client, searcher, split):
+    def stages(**switches):
+        response = client.post("/api/search", json={"text": split.captions[1], "k": 3,
+                                                    "diagnostics": True, "switches": switches})
+        assert response.status_code == 200, response.text
+        return [list(h["stages"]) for h in response.json()["hits"]]
+
+    assert stages() == [["hash", "pq", "dense", "rerank"]] * 3
+    assert stages(rerank=False) == [["hash", "pq", "dense"]] * 3
+    assert stages(hash=False, pq=False) == [["dense", "rerank"]] * 3
+    assert searcher.config.rerank and searcher.config.hash and searcher.config.pq
+    assert stages() == [["hash", "pq", "dense", "rerank"]] * 3
+
+
+def test_bad_requests_get_a_json_error_with_a_status(client):
+    def error(status, **body):
+        response = client.post("/api/search", json=body)
+        assert response.status_code == status, response.text
+        return response.json()["error"]
+
+    assert error(400, text="  ") == "query 0: the text is empty"
+    assert error(400, text="an apple", k=0).startswith("k=0: must be an integer between 1 and")
+    assert error(400, text="an apple", k=101).startswith("k=101: must be an integer")
+    assert error(400, text="an apple", switches={"z": 0}).startswith("search setting 'z':")
+    assert error(422, text="an apple", switches={"zz": 1}).startswith("switches.zz: Extra")
+    assert error(422, k=3) == "text: Field required"
+    response = client.post("/api/search", content=b"{not json", headers={"content-type":
+                                                                           "application/json"})
+    assert response.status_code == 422 and "JSON" in response.json()["error"]
+    response = client.post("/api/search", json={"text": "a " * MAX_BODY})
+    assert response.status_code == 413
+    assert response.json()["error"] == "request body larger than 64 KB"
+    response = client.get("/api/nothing")
+    assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+
+
+def test_gallery_images_are_served_by_id_from_results_only(searcher, split):
+    with TestClient(create_app(searcher)) as fresh:
+        first = fresh.get("/api/images/0")  # in the gallery, but no result has named it yet
+        assert first.status_code == 404
+        assert first.json()["error"] == "image 0: not among the results served"
+        hits = fresh.post("/api/search", json={"text": split.captions[2], "k": 3}).json()["hits"]
+        for hit in hits:
+            image = fresh.get(hit["thumbnail"])
+            assert image.status_code == 200
+            assert image.headers["content-type"].startswith("image/")
+            assert image.content == Path(split.image_paths[hit["id"]]).read_bytes()
+        for bad in ("999999", "-1", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd"):
+            response = fresh.get(f"/api/images/{bad}")
+            assert response.status_code in (404, 422), bad
+            assert "root:" not in response.text and "error" in response.json()
+
+
+class Spy:
+    """A MeetSearcher stand-in that delegates, and notes what an image query received."""
+
+    def __init__(self, inner):
+        self.inner, self.config, self.seen = inner, inner.config, []
+
+    def search(self, text, k=10, diagnostics=False):
+        return self.inner.search(text, k=k, diagnostics=diagnostics)
+
+    def search_image(self, path, k=10, diagnostics=False):
+        path = Path(path)
+        self.seen.append((path, stat.S_IMODE(path.parent.stat().st_mode), path.read_bytes()))
+        return self.inner.search_image(path, k=k, diagnostics=diagnostics)
+
+
+def test_an_uploaded_image_finds_captions_via_a_private_temp_file(
+    searcher, split, tmp_path, monkeypatch
+):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spy = Spy(searcher)
+    data = Path(split.image_paths[0]).read_bytes()
+
+    def upload(app, **form):
+        with TestClient(app) as client:
+            files = {"file": ("my stamp.jpg", data, "image/jpeg")}
+            response = client.post("/api/search/image", files=files, data=form)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    body = upload(create_app(spy), k="4")
+    # The real searcher here: the spy delegates to an object whose config it does not change.
+    plain = upload(create_app(searcher), k="2", diagnostics="true", switches='{"rerank": false}')
+    assert body["modality"] == "text" and body["query"] == "my stamp.jpg"
+    assert _ids(body["hits"]) == _ids(searcher.search_image(split.image_paths[0], k=4))
+    assert all(h["source"] in split.captions and h["thumbnail"] is None for h in body["hits"])
+    assert [list(h["stages"]) for h in plain["hits"]] == [["hash", "pq", "dense"]] * 2
+    for path, mode, written in spy.seen:
+        assert mode == 0o700 and written == data and path.parent.parent == tmp_path
+    assert len(spy.seen) == 1 and list(tmp_path.iterdir()) == []  # removed after each query
+
+
+def test_uploads_that_are_not_images_or_too_big_are_refused(searcher, tmp_path):
+    png = tmp_path / "big.png"
+    Image.effect_noise((60, 60), 64).save(png)  # noise: about 4 KB, over a 2 KB limit
+    with TestClient(create_app(searcher, max_upload=2000)) as client:
+        def upload(name, data, **kw):
+            return client.post("/api/search/image", files={"file": (name, data)}, **kw)
+
+        response = upload("notes.txt", b"hello, not an image")
+        assert response.status_code == 415
+        assert response.json()["error"].startswith("upload notes.txt: not an image")
+        assert upload("empty.png", b"").json()["error"] == "upload empty.png: the file is empty"
+        response = upload("big.png", png.read_bytes())  # read by the handler: over its limit
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == "upload big.png: larger than 1.95 KB"
+        response = upload("huge.png", b"\0" * 200_000)  # declared too long: never read
+        assert response.status_code == 413
+        assert response.json()["error"] == "upload larger than 1.95 KB"
+
+        def chunks():  # no Content-Length: counted as it arrives
+            yield b"--x\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\n"
+            for _ in range(20):
+                yield b"\0" * 10_000
+
+        response = client.post("/api/search/image", content=chunks(),
+                               headers={"content-type": "multipart/form-data; boundary=x"})
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == "upload larger than 1.95 KB"
+
+
+def test_info_page_and_openapi(client, demo_gallery, searcher):
+    info = client.get("/api/info").json()
+    assert info["collection"] == demo_gallery and info["config"] == searcher.config.model_dump()
+    assert info["max_upload_bytes"] == 10 * 1024 * 1024 and len(info["model"]) == 12
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert all(f'id="{i}"' in page.text for i in ("q", "upload", "results", "diagnostics"))
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/search/image", "/api/images/{item_id}"} <= set(paths)
+
+
+def test_every_switch_is_a_search_setting():
+    assert set(Switches.model_fields) <= set(SearchConfig.model_fields)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+MAIN = [sys.executable, "-c", "from meet_milvus.cli import main; main()"]
+
+
+def test_a_port_in_use_is_one_line_before_any_loading():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [*MAIN, "--uri", "http://127.0.0.1:9", "serve", "--collection", "x", "--port",
+               str(port)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1: Address already in use (choose another with --port)"
+    ]
+
+
+def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_gallery, split):
+    s = runtime_settings
+    cmd = [*MAIN, "--uri", s.milvus_uri, "--data-dir", str(s.data_dir), "--cache-dir",
+           str(s.cache_dir), "--device", "cpu", "serve", "--collection", demo_gallery,
+           "--port", "0"]  # fmt: skip
+    # The token through the environment: a command line is visible to every local user.
+    env = dict(os.environ, MEET_MILVUS_TOKEN=s.milvus_token.get_secret_value())
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline, line = time.monotonic() + 180, ""
+        while "serving" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+        match = re.search(r"serving '(\w+)' at (http://127\.0\.0\.1:\d+) \(ready in", line)
+        assert match and match[1] == demo_gallery, line
+        url = match[2]
+        assert httpx.get(f"{url}/api/info").json()["collection"] == demo_gallery
+        hits = httpx.post(f"{url}/api/search", json={"text": split.captions[0], "k": 2}).json()
+        assert len(hits["hits"]) == 2
+        proc.send_signal(2)  # Ctrl-C: uvicorn shuts down cleanly
+        assert proc.wait(30) == 0
+        assert proc.stderr.read().strip().splitlines()[-1] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- the page in a real browser ---------------------------------------------------------------
+
+NO_BROWSER = chromium_missing()
+
+
+@pytest.mark.skipif(NO_BROWSER is not None, reason=f"browser test: {NO_BROWSER}")
+def test_the_page_in_headless_chromium(searcher, split):
+    with serving(create_app(searcher)) as url, chromium_page() as page:
+        search_text(page, url, split.captions[0], k=5)  # types it and presses Enter
+        widths = loaded_images(page)
+        assert len(widths) == 5 and all(w > 0 for w in widths), widths
+        status = page.text_content("#status")
+        assert re.search(r"5 images for .* in [\d.]+ ms \(search\)", status), status
+        assert page.locator("details.stages").count() == 0
+
+        page.check("#diagnostics")
+        page.click("button[type=submit]")
+        page.wait_for_selector("details.stages")
+        assert page.locator("details.stages").count() == 5
+
+        page.set_input_files("#upload", split.image_paths[1])
+        page.wait_for_selector("ol.captions li")
+        captions = page.locator("ol.captions .caption").all_text_contents()
+        assert len(captions) == 5 and all(c in split.captions for c in captions)
+        page.wait_for_function("document.querySelector('#query-preview').naturalWidth > 0")
+        assert page.is_visible("#query-image")
+
+        page.fill("#q", "   ")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert page.text_content("#error") == "query 0: the text is empty"
+
+
+def test_chromium_absence_is_reported_not_crashed(monkeypatch):
+    from meet_milvus.web import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", Path("/nonexistent/chromium"))
+    assert browser.chromium_missing().startswith("no Chromium at /nonexistent/chromium")
