@@ -11,11 +11,8 @@ from meet_milvus.cli import cli
 
 
 @pytest.fixture(scope="module")
-def flags(runtime_settings):
-    s = runtime_settings
-    return ["--uri", s.milvus_uri, "--token", s.milvus_token.get_secret_value(),
-            "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
-            "--device", "cpu"]  # fmt: skip
+def flags(cli_flags):
+    return cli_flags
 
 
 def _run(flags, *args):

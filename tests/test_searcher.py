@@ -13,17 +13,6 @@ from meet_milvus.errors import MeetError
 from meet_milvus.results import Hit
 
 
-@pytest.fixture(scope="module")
-def searcher(runtime_settings, demo_gallery):
-    # No checkpoint given: the searcher takes the one the gallery was loaded with.
-    return MeetSearcher(demo_gallery, settings=runtime_settings)
-
-
-@pytest.fixture(scope="module")
-def split(runtime_settings):
-    return load_split(runtime_settings.data_dir, "demo", "test")
-
-
 def test_text_search_returns_typed_image_hits(searcher, split):
     hits = searcher.search(split.captions[0], k=5)
     assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)

@@ -15,22 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from loaders.precomp import load_split
-from meet_milvus import MeetSearcher
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.web.app import MAX_BODY, Switches, create_app
 from meet_milvus.web.browser import chromium_missing, chromium_page, loaded_images, search_text
 from meet_milvus.web.run import serving
-
-
-@pytest.fixture(scope="module")
-def searcher(runtime_settings, demo_gallery):
-    return MeetSearcher(demo_gallery, settings=runtime_settings)
-
-
-@pytest.fixture(scope="module")
-def split(runtime_settings):
-    return load_split(runtime_settings.data_dir, "demo", "test")
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,8 @@ def test_bad_sheet_paths_are_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def flags(runtime_settings):
-    s = runtime_settings
-    return ["--uri", s.milvus_uri, "--token", s.milvus_token.get_secret_value(),
-            "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
-            "--device", "cpu"]  # fmt: skip
+def flags(cli_flags):
+    return cli_flags
 
 
 def test_search_writes_a_contact_sheet(flags, demo_gallery, tmp_path):

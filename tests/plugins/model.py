@@ -66,3 +66,28 @@ def demo_gallery(runtime_settings, demo_checkpoint) -> str:
     load(runtime_settings, "t_demo", checkpoint=demo_checkpoint, data="demo", drop=True,
          progress=False)  # fmt: skip
     return "t_demo"
+
+
+@pytest.fixture(scope="session")
+def searcher(runtime_settings, demo_gallery):
+    """A searcher of the demo gallery; no checkpoint given: the gallery's own is taken."""
+    from meet_milvus import MeetSearcher
+
+    return MeetSearcher(demo_gallery, settings=runtime_settings)
+
+
+@pytest.fixture(scope="session")
+def split(runtime_settings):
+    """demo_data's test split: the gallery's images and captions."""
+    from loaders.precomp import load_split
+
+    return load_split(runtime_settings.data_dir, "demo", "test")
+
+
+@pytest.fixture(scope="session")
+def cli_flags(runtime_settings) -> list[str]:
+    """`meet-milvus` global flags that reach the test server with runtime_settings."""
+    s = runtime_settings
+    return ["--uri", s.milvus_uri, "--token", s.milvus_token.get_secret_value(),
+            "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
+            "--device", "cpu"]  # fmt: skip
