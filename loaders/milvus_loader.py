@@ -164,9 +164,10 @@ def write_gallery(
     have = cols.each(lambda n: milvus_arrays.count(client, n), names)  # Strong: all writes
     for modality in MODALITIES:
         _insert(client, layout, gallery, modality, items[modality], have, report, progress)
-    written = [n for n in names if report.inserted[n]]
-    cols.each(client.flush, written)  # seal the segments so Milvus builds their indexes
-    report.final = {**have, **cols.each(lambda n: milvus_arrays.count(client, n), written)}
+    # Seal every segment, also of collections found full: rows an earlier, interrupted load
+    # inserted live in growing segments until flushed, and a server crash would lose them.
+    cols.each(client.flush, names)
+    report.final = cols.each(lambda n: milvus_arrays.count(client, n), names)
     for name, final in report.final.items():
         if final != report.expected[name]:
             raise MeetError(

@@ -175,11 +175,14 @@ def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
     layout = Layout(meta.layout)
     names = layout.collections(meta.gallery, meta.modality)
     for name in names:
-        if client.has_collection(name):
-            continue
         fields = layout.fields(meta.gallery, meta.modality, name)
-        client.create_collection(name, schema=schema(meta, fields), consistency_level="Bounded")
-        client.create_index(name, index_params(client, meta, fields))
+        if not client.has_collection(name):
+            client.create_collection(
+                name, schema=schema(meta, fields), consistency_level="Bounded"
+            )
+        # A crash between the two calls leaves a collection without its index: finish it.
+        if not client.list_indexes(name):
+            client.create_index(name, index_params(client, meta, fields))
     return names
 
 

@@ -8,6 +8,7 @@ hits = searcher.search_image("cat.jpg", k=5)
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,6 +149,9 @@ class MeetSearcher:
         # Server-side mode: the gallery's codes, fetched once by the client-side stages.
         self._store: dict = {}
         self._tiers: dict[str, LocalTier] = {}
+        # One encoding at a time: the model flips eval/train state around a call, and torch
+        # already spreads one call over every core (concurrent calls only oversubscribe them).
+        self._model_lock = threading.Lock()
 
     def tier(self, gallery: Modality) -> LocalTier | None:
         """The local tier of one modality (built from Milvus when missing or stale); None in
@@ -199,7 +203,8 @@ class MeetSearcher:
                     f"query {i}: {n} tokens, the model reads the first {limit} (truncated)",
                     stacklevel=3,
                 )
-        return self.model.encode_texts(texts)
+        with self._model_lock:
+            return self.model.encode_texts(texts)
 
     def encode_images(self, items: list) -> Encoded:
         """Image files or feature arrays through the model (the same kind within a batch)."""
@@ -207,14 +212,16 @@ class MeetSearcher:
             for x in items:
                 if not Path(x).is_file():
                     raise MeetError(f"image file {x}: not found")
-            return self.model.encode_image_files([str(x) for x in items])
+            with self._model_lock:
+                return self.model.encode_image_files([str(x) for x in items])
         if all(isinstance(x, np.ndarray) for x in items):
             shapes = {x.shape for x in items}
             if len(shapes) > 1:
                 raise MeetError(f"image features of different shapes in one batch: {shapes}")
             features = np.stack([x if x.ndim <= 2 else x.reshape(-1, x.shape[-1]) for x in items])
             if features.ndim == 2 or features.ndim == 3:
-                return self.model.encode_images(features)
+                with self._model_lock:
+                    return self.model.encode_images(features)
             raise MeetError(f"image features of shape {items[0].shape}: expected (R, D) or (D,)")
         raise MeetError("images: give file paths or feature arrays (numpy), not a mix")
 

@@ -133,7 +133,7 @@ def test_cascade_traces_every_stage(setup):
     )
     traces = cascade.trace(texts)
     assert [t.name for t in traces] == ["hash", "pq", "dense", "rerank"]
-    assert [t.candidates.width for t in traces] == [12, 9, 5, 5]
+    assert [t.candidates.width for t in traces] == [12, 8, 5, 5]  # 0.7 of 12, rounded down
     assert all(t.seconds >= 0 for t in traces)
     final = cascade(texts)
     for before, after in zip(traces[2].candidates.ids, final.ids, strict=True):
