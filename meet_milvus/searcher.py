@@ -68,7 +68,7 @@ class SearchConfig(BaseModel):
     # The first filter: MEET's learned codes (Hamming -> PQ) or the ANN index over the dense
     # vectors (IVF over RaBitQ codes). `auto` takes the ANN index from ANN_MIN_ROWS items on:
     # at 100k-1M synthetic items it keeps the exact top-10 with ~300 candidates where MEET's
-    # 8-byte codes need tens of thousands (benchmarks/README.md).
+    # 8-byte codes need tens of thousands (README "Performance at scale").
     filter: Literal["auto", "meet", "ann"] = "auto"
     ann_keep: int = Field(300, ge=1, description="candidates the ANN stage passes on")
     ann_nprobe: int | float = Field(0.05, gt=0, description="IVF lists scanned (or a fraction)")
@@ -138,14 +138,14 @@ class MeetSearcher:
         except ValidationError as e:
             err = e.errors()[0]
             raise MeetError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
+        if self.config.filter == "ann" and self.config.tier != "local":
+            raise MeetError("search setting 'filter': the ANN index needs tier='local'")
         self.client = connect(settings)
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
         self.model: MeetModel = load_checkpoint(path, settings.device)
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
-        if self.config.filter == "ann" and self.config.tier != "local":
-            raise MeetError("search setting 'filter': the ANN index needs tier='local'")
         # Server-side mode: the gallery's codes, fetched once by the client-side stages.
         self._store: dict = {}
         self._tiers: dict[str, LocalTier] = {}

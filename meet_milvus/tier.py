@@ -104,15 +104,6 @@ class LocalTier:
         dist, ids = index.search(x, int(k), params=params)
         return ids, np.where(ids >= 0, 1.0 - dist / 2, -np.inf).astype(np.float32)
 
-    def ram_bytes(self) -> int:
-        """Bytes of the arrays this tier holds in RAM now (the ANN index: its serialized size)."""
-        total = 0
-        for name, value in self._ram.items():
-            total += value.nbytes if isinstance(value, np.ndarray) else (
-                (self.path / "ann.faiss").stat().st_size if name == "ann" else 0
-            )
-        return total
-
     # -- on disk: read per item ----------------------------------------------------------------
 
     def dense(self, ids: np.ndarray) -> np.ndarray:
