@@ -141,12 +141,18 @@ class _GalleryStage:
         return np.concatenate(parts)  # codes: K <= 8 bits
 
     def _gather(self, ids: np.ndarray, fields: list[str], row_bytes: int) -> dict[str, np.ndarray]:
-        """Values of `fields` for a (nq, n) id array, zeros where ids are -1."""
+        """Values of `fields` for a (nq, n) id array, zeros where ids are -1: read from the
+        tier (each distinct id once) when there is one, else fetched from Milvus."""
         valid = ids >= 0
         flat = ids[valid]
-        got = milvus_arrays.fetch(
-            self.client, self._collection(fields[0]), flat, fields, row_bytes, CONSISTENCY
-        )
+        if self.tier is not None:
+            unique, inverse = np.unique(flat, return_inverse=True)
+            readers = {"dense": self.tier.dense, "neighbours": self.tier.neighbours}
+            got = {name: readers[name](unique)[inverse] for name in fields}
+        else:
+            got = milvus_arrays.fetch(
+                self.client, self._collection(fields[0]), flat, fields, row_bytes, CONSISTENCY
+            )
         out = {}
         for name in fields:
             values = np.asarray(got[name])
@@ -492,7 +498,8 @@ class Rerank(_GalleryStage):
         similarity, and their embeddings and neighbour statistics (nq, z, ...)."""
         z = min(z, candidates.width)
         top = candidates.ids[:, :z]
-        got = self._vectors_and_stats(top)
+        row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
+        got = self._gather(top, ["dense", "neighbours"], row_bytes)
         # Similarities from the embeddings themselves, whatever scored the previous stage.
         sims = np.einsum("qzd,qd->qz", got["dense"], np.asarray(queries.dense, np.float32))
         sims = np.where(top >= 0, sims, -np.inf)
@@ -504,21 +511,6 @@ class Rerank(_GalleryStage):
             [np.take_along_axis(sims, order, 1), candidates.scores[:, z:]], axis=1
         )
         return ids, scores, vectors, neighbours
-
-    def _vectors_and_stats(self, top: np.ndarray) -> dict[str, np.ndarray]:
-        """Embeddings and neighbour statistics of a (nq, z) id array, zeros where ids are -1."""
-        if self.tier is None:
-            row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
-            return self._gather(top, ["dense", "neighbours"], row_bytes)
-        valid = top >= 0
-        unique, inverse = np.unique(top[valid], return_inverse=True)
-        out = {}
-        for name, read in (("dense", self.tier.dense), ("neighbours", self.tier.neighbours)):
-            values = read(unique)
-            full = np.zeros((*top.shape, values.shape[1]), dtype=np.float32)
-            full[valid] = values[inverse]
-            out[name] = full
-        return out
 
 
 @dataclass(frozen=True)
