@@ -49,8 +49,7 @@ from benchmarks.measure import (
     threads,
 )
 from benchmarks.synthetic import SyntheticGallery, SyntheticSpec, exact_topk, generate
-from loaders.milvus_loader import Items, build_tiers, neighbour_stats, write_gallery
-from meet_milvus import collections as cols
+from meet_milvus import gallery_layout as cols
 from meet_milvus.cascade import (
     AnnFilter,
     Cascade,
@@ -60,9 +59,10 @@ from meet_milvus.cascade import (
 )
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError
+from meet_milvus.model.meet_model import Encoded
 from meet_milvus.server import EmbeddedServer, connect
 from meet_milvus.tier import LocalTier, open_tier
-from training import Encoded
+from meet_milvus_loaders.milvus_loader import Items, build_tiers, neighbour_stats, write_gallery
 
 K = 10
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from benchmarks.measure import load_avg
-from loaders.precomp import load_split
 from meet_milvus.searcher import MeetSearcher
+from meet_milvus_loaders.precomp import load_split
 
 
 def breakdown(searcher: MeetSearcher, texts: list[str], k: int) -> dict:

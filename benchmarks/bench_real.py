@@ -28,14 +28,14 @@ import numpy as np
 
 from benchmarks.bench_cascade import milvus
 from benchmarks.measure import load_avg, needed, per_query, recall_at_k
-from loaders.milvus_loader import encode_split, split_items, write_gallery
-from loaders.precomp import Split, load_split
-from meet_milvus import collections as cols
+from meet_milvus import gallery_layout as cols
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.config import load_settings
+from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.tier import ann_nlist, open_tier
-from training import Encoded, load_checkpoint
+from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
+from meet_milvus_loaders.precomp import Split, load_split
 
 K = 10
 DEPTH = 5000  # ranked list length scored per code

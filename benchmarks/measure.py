@@ -13,12 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each query's exact top-k found among its first k results."""
-    k = truth.shape[1]
-    hits = [len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits)) / k
+from meet_milvus.evaluation import topk_overlap as recall_at_k  # noqa: F401 (the benchmarks' name)
 
 
 def kept(found: np.ndarray, truth: np.ndarray) -> float:

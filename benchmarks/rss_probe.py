@@ -22,9 +22,9 @@ import torch
 
 from benchmarks.measure import rss_bytes
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
-from meet_milvus.collections import Gallery, Layout
+from meet_milvus.gallery_layout import Gallery, Layout
+from meet_milvus.model.meet_model import Encoded
 from meet_milvus.tier import READ_POOL, read_tier
-from training import Encoded
 
 
 def tier_cascade(spec: dict):

@@ -4,9 +4,9 @@ Dense vectors are a mixture of Gaussians with a power-law spectrum (eigenvalue j
 few directions carry most of the variance as in real embeddings), randomly rotated into `dim` and
 l2-normalised. The "hash head" is a fixed projection fitted to the data (PCA to `bits` dims, then an
 ITQ rotation, then tanh): a stand-in for a learned head, not a random one. Codes follow the
-`training.Encoded` contract: packed sign bits of the head (big bit order) and PQ codes of the head
-(`pq_m` sub-spaces x 2**pq_nbits codewords, k-means by faiss). Queries are gallery items plus noise
-drawn from the same spectrum; their exact top-k by dense dot product is recorded.
+`meet_milvus.model.Encoded` contract: packed sign bits of the head (big bit order) and PQ codes
+of the head (`pq_m` sub-spaces x 2**pq_nbits codewords, k-means by faiss). Queries are gallery
+items plus noise drawn from the same spectrum; their exact top-k by dense dot product is recorded.
 
 Dense vectors are stored as float16 (2 bytes a dimension); the truth is computed on exactly those
 values upcast to float32, which is also what Milvus receives.

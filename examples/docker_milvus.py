@@ -10,9 +10,9 @@ The loader detects the server's version and lays the gallery out for it.
 
 import sys
 
-from loaders.milvus_loader import load
 from meet_milvus import MeetSearcher, load_settings
 from meet_milvus.server import connect, server_version
+from meet_milvus_loaders.milvus_loader import load
 
 
 def main(uri: str, query: str) -> None:

@@ -6,11 +6,11 @@ python examples/evaluate.py demo
 
 import sys
 
-from loaders.milvus_loader import encode_split
-from loaders.precomp import load_split
 from meet_milvus import MeetSearcher, load_settings
 from meet_milvus.evaluation import format_table
 from meet_milvus.milvus_eval import METHODS, format_stages, run_method
+from meet_milvus_loaders.milvus_loader import encode_split
+from meet_milvus_loaders.precomp import load_split
 
 
 def main(collection: str) -> None:

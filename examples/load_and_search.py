@@ -9,8 +9,8 @@ Uses the embedded Milvus unless MEET_MILVUS_URI (or --uri) points elsewhere.
 
 import sys
 
-from loaders.milvus_loader import load
 from meet_milvus import MeetSearcher, load_settings
+from meet_milvus_loaders.milvus_loader import load
 
 
 def main(query: str) -> None:

@@ -6,7 +6,8 @@ training; stamps that share a name ("A cow.") fall in the same part. Each split 
   - scenes: 2-4 stamps on one canvas, captioned from their names, counts and positions
     ("A tiger to the left of two red roses.").
 Everything follows from the seed: the same seed gives the same captions and the same images.
-Written as data set "demo" in the precomp format (`loaders.precomp`) with the rendered JPEGs.
+Written as data set "demo" in the precomp format (`meet_milvus_loaders.precomp`) with the
+rendered JPEGs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loaders.precomp import Split, precomp_dir, write_split
-from loaders.stamps import Stamp, fetch_package, load_stamps
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import DataSetError
+from meet_milvus.model.features import GridFeatureExtractor
+from meet_milvus_loaders.precomp import Split, precomp_dir, write_split
+from meet_milvus_loaders.stamps import Stamp, fetch_package, load_stamps
 
 NAME = "demo"
 SPLITS = ("train", "dev", "test")
@@ -102,13 +104,13 @@ def plan_split(stamps: list[Stamp], n_images: int, seed: int, split_index: int) 
     """`n_images` pictures made of `stamps`: a quarter at most are singles (each stamp once at
     most), the rest scenes; in a seeded random order."""
     if n_images < 1:
-        raise MeetError(f"demo: a split needs at least one image, got {n_images}")
+        raise DataSetError(f"demo: a split needs at least one image, got {n_images}")
     rng = np.random.default_rng([seed, 1, split_index])
     groups: dict[str, list[Stamp]] = {}
     for s in stamps:
         groups.setdefault(s.group, []).append(s)
     if len(groups) < 2:
-        raise MeetError(f"demo: a split needs stamps of at least two names, got {len(groups)}")
+        raise DataSetError(f"demo: a split needs stamps of at least two names, got {len(groups)}")
     n_singles = min(len(stamps), max(1, n_images // 4))
     singles = [stamps[i] for i in sorted(rng.choice(len(stamps), n_singles, replace=False))]
     pictures = [_single(s, rng) for s in singles]
@@ -329,7 +331,7 @@ class Renderer:
                 with Image.open(stamp.path) as raw:
                     im = raw.convert("RGBA")
             except OSError as e:
-                raise MeetError(f"{stamp.path}: unreadable image ({e})") from None
+                raise DataSetError(f"{stamp.path}: unreadable image ({e})") from None
             bbox = im.getchannel("A").getbbox()
             im = im.crop(bbox) if bbox else im
             im.thumbnail((CANVAS, CANVAS), Image.LANCZOS)
@@ -364,8 +366,6 @@ def build_demo(
 ) -> DemoReport:
     """Fetch the stamps (cached), plan, render, extract features (cached) and write the demo."""
     start = time.perf_counter()
-    from loaders.features import GridFeatureExtractor
-
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     say = log or (lambda _msg: None)
     stamps_dir = fetch_package(cache_dir)

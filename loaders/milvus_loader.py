@@ -1,5 +1,5 @@
 """Put a trained MEET model's gallery into Milvus: codes, embeddings, sources and the
-re-ranker's per-item statistics (layout in meet_milvus.collections).
+re-ranker's per-item statistics (layout in meet_milvus.gallery_layout).
 
 Idempotent and resumable without upserts: an item's primary key is its position in the source
 split, rows go in in key order, and a load first counts what each collection already holds
@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from meet_milvus import collections as cols
+from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
-from meet_milvus.collections import MODALITIES, GalleryMeta, Layout, Modality
-from meet_milvus.errors import MeetError
+from meet_milvus.config import Settings
+from meet_milvus.errors import CheckpointError, GalleryMismatchError, ParameterError
+from meet_milvus.gallery_layout import MODALITIES, GalleryMeta, Layout, Modality
+from meet_milvus.model.checkpoint import load_checkpoint
+from meet_milvus.model.meet_model import Encoded, MeetModel
+from meet_milvus.server import connect, server_version
 from meet_milvus.tier import Chunk, open_tier, tier_dir, write_tier
+from meet_milvus_loaders.precomp import Split, load_split
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
-
-    from loaders.precomp import Split
-    from meet_milvus.config import Settings
-    from training import Encoded, MeetModel
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def write_gallery(
 
     Refuses to add to a gallery built from another model or source (`drop` rebuilds it).
     """
-    from meet_milvus.server import server_version
-
     cols.check_name(gallery)
     start = time.perf_counter()
     if drop:
@@ -170,7 +169,7 @@ def write_gallery(
     report.final = cols.each(lambda n: milvus_arrays.count(client, n), names)
     for name, final in report.final.items():
         if final != report.expected[name]:
-            raise MeetError(
+            raise GalleryMismatchError(
                 f"Milvus collection {name}: holds {final} rows after the load, the source "
                 f"has {report.expected[name]}; rebuild with --drop"
             )
@@ -212,7 +211,7 @@ def _check_same(found: GalleryMeta, meta: GalleryMeta, name: str, gallery: str) 
     differ = [k for k in keys if getattr(found, k) != getattr(meta, k)]
     if differ:
         what = ", ".join(f"{k} {getattr(found, k)!r} != {getattr(meta, k)!r}" for k in differ)
-        raise MeetError(
+        raise GalleryMismatchError(
             f"collection '{gallery}': {name} holds another load ({what}); "
             f"rebuild it with `meet-milvus load --collection {gallery} --drop`"
         )
@@ -236,7 +235,7 @@ def _insert(
         expr = f"id >= {loaded}"
         beyond = milvus_arrays.count(client, name, expr, "Eventually") if loaded else 0
         if beyond or loaded > n:
-            raise MeetError(
+            raise GalleryMismatchError(
                 f"Milvus collection {name}: its {loaded} rows are not the keys 0..{loaded - 1} "
                 f"a load writes; rebuild with `meet-milvus load --collection {gallery} --drop`"
             )
@@ -300,7 +299,7 @@ def resolve_checkpoint(settings: Settings, checkpoint: str | Path | None, data: 
     path = checkpoint or settings.checkpoint or settings.data_dir / "checkpoints" / data
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise MeetError(
+        raise CheckpointError(
             f"checkpoint {path}: no such directory; train one (`meet-train`) or pass --checkpoint"
         )
     return path
@@ -310,8 +309,6 @@ def encode_split(
     model: MeetModel, split: Split, cache_dir: Path | None, batch_size: int, progress: bool
 ) -> tuple[Encoded, Encoded]:
     """Both modalities of a split through the model, cached on disk by model and split."""
-    from training import Encoded
-
     cache = None
     if cache_dir is not None:
         tag = f"{model.config.fingerprint[:16]}-{split.name}-{split.split}"
@@ -352,18 +349,14 @@ def load(
     echo: Callable[[str], None] = log.info,
 ) -> LoadReport:
     """`meet-milvus load`: encode a data split with a checkpoint and write it to Milvus."""
-    from loaders.precomp import load_split
-    from meet_milvus.server import connect
-    from training import load_checkpoint
-
     cols.check_name(collection)
     if neighbours < 1:
-        raise MeetError(f"--neighbours {neighbours}: must be at least 1")
+        raise ParameterError(f"--neighbours {neighbours}: must be at least 1")
     data = data or collection
     path = resolve_checkpoint(settings, checkpoint, data)
     source = load_split(settings.data_dir, data, split)
     client = connect(settings)  # before the slow encoding: a dead server fails fast
-    model = load_checkpoint(path, settings.device)
+    model = load_checkpoint(path, settings.device, settings.cache_dir)
     echo(
         f"encoding {data}/{split}: {source.n_images} images, {source.n_captions} captions "
         f"with model {model.config.fingerprint[:12]} ({path})"

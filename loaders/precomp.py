@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import DataSetError
 
 FEATURE_DTYPES = (np.float16, np.float32)
 COCO_FOLDS = 5
@@ -35,24 +35,26 @@ class Split:
     def __post_init__(self) -> None:
         where = f"split {self.name}/{self.split}"
         if self.images.ndim not in (2, 3) or self.images.shape[0] == 0:
-            raise MeetError(
+            raise DataSetError(
                 f"{where}: images must be (N, D) or (N, R, D) with N > 0, "
                 f"got shape {self.images.shape}"
             )
         if self.images.dtype not in FEATURE_DTYPES:
-            raise MeetError(f"{where}: images must be float16 or float32, got {self.images.dtype}")
+            raise DataSetError(
+                f"{where}: images must be float16 or float32, got {self.images.dtype}"
+            )
         ci = self.caption_image
         if ci.shape != (len(self.captions),) or ci.dtype != np.int64:
-            raise MeetError(
+            raise DataSetError(
                 f"{where}: caption_image must be int64 of shape ({len(self.captions)},),"
                 f" got {ci.dtype} {ci.shape}"
             )
         if len(ci) and (ci.min() < 0 or ci.max() >= self.n_images):
-            raise MeetError(
+            raise DataSetError(
                 f"{where}: caption_image refers to images outside 0..{self.n_images - 1}"
             )
         if self.image_paths is not None and len(self.image_paths) != self.n_images:
-            raise MeetError(
+            raise DataSetError(
                 f"{where}: {len(self.image_paths)} image paths for {self.n_images} images"
             )
 
@@ -104,37 +106,39 @@ def load_split(data_dir: Path, name: str, split: str, mmap: bool = False) -> Spl
     """Read split `split` of data set `name`; `mmap` maps the features instead of reading them."""
     root = precomp_dir(data_dir, name)
     if not root.is_dir():
-        raise MeetError(f"data set '{name}': no directory {root}")
+        raise DataSetError(f"data set '{name}': no directory {root}")
     ims_path, caps_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt"
     for path in (ims_path, caps_path):
         if not path.is_file():
             have = ", ".join(available_splits(data_dir, name)) or "none"
-            raise MeetError(f"{path}: missing (split '{split}' of data set '{name}'; have: {have})")
+            raise DataSetError(
+                f"{path}: missing (split '{split}' of data set '{name}'; have: {have})"
+            )
 
     images = _load_array(ims_path, mmap)
     if images.ndim not in (2, 3) or images.shape[0] == 0:
-        raise MeetError(
+        raise DataSetError(
             f"{ims_path}: expected features of shape (N, D) or (N, R, D) with N > 0, "
             f"got {images.shape}"
         )
     if images.dtype == np.float64:
         images = images.astype(np.float32)
     elif images.dtype not in FEATURE_DTYPES:
-        raise MeetError(f"{ims_path}: expected float16 or float32 features, got {images.dtype}")
+        raise DataSetError(f"{ims_path}: expected float16 or float32 features, got {images.dtype}")
 
     captions = _read_captions(caps_path)
     cap_img_path = root / f"{split}_cap_img.npy"
     if cap_img_path.is_file():
         caption_image = _load_array(cap_img_path, False)
         if caption_image.shape != (len(captions),) or caption_image.dtype.kind not in "iu":
-            raise MeetError(
+            raise DataSetError(
                 f"{cap_img_path}: expected integers of shape ({len(captions)},) "
                 f"(one per caption in {caps_path.name}), got "
                 f"{caption_image.dtype} {caption_image.shape}"
             )
         caption_image = caption_image.astype(np.int64)
         if caption_image.min() < 0 or caption_image.max() >= images.shape[0]:
-            raise MeetError(f"{cap_img_path}: image indices outside 0..{images.shape[0] - 1}")
+            raise DataSetError(f"{cap_img_path}: image indices outside 0..{images.shape[0] - 1}")
     else:
         images, caption_image = _regular_layout(images, len(captions), ims_path, caps_path)
 
@@ -143,7 +147,7 @@ def load_split(data_dir: Path, name: str, split: str, mmap: bool = False) -> Spl
     if paths_file.is_file():
         lines = paths_file.read_text(encoding="utf-8").splitlines()
         if len(lines) != images.shape[0]:
-            raise MeetError(f"{paths_file}: {len(lines)} paths for {images.shape[0]} images")
+            raise DataSetError(f"{paths_file}: {len(lines)} paths for {images.shape[0]} images")
         image_paths = [str(root / p) for p in lines]  # absolute paths stay absolute
     return Split(name, split, images, captions, caption_image, image_paths)
 
@@ -159,7 +163,7 @@ def _regular_layout(
                 images = images[::k]
                 break
     if n_captions % images.shape[0] != 0 or n_captions == 0:
-        raise MeetError(
+        raise DataSetError(
             f"{caps_path}: {n_captions} captions is not a multiple of the "
             f"{n_rows} images in {ims_path.name}"
         )
@@ -181,20 +185,20 @@ def _load_array(path: Path, mmap: bool) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise MeetError(f"{path}: not a readable .npy array ({e})") from None
+        raise DataSetError(f"{path}: not a readable .npy array ({e})") from None
 
 
 def _read_captions(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise MeetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise DataSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     captions = [line.strip() for line in lines]
     for i, c in enumerate(captions):
         if not c:
-            raise MeetError(f"{path}: line {i + 1} is an empty caption")
+            raise DataSetError(f"{path}: line {i + 1} is an empty caption")
     if not captions:
-        raise MeetError(f"{path}: no captions")
+        raise DataSetError(f"{path}: no captions")
     return captions
 
 
@@ -202,7 +206,7 @@ def write_split(data_dir: Path, split: Split) -> Path:
     """Write `split` in the precomp format; return the data set's directory."""
     for i, c in enumerate(split.captions):
         if not c.strip() or "\n" in c or "\r" in c:
-            raise MeetError(
+            raise DataSetError(
                 f"split {split.name}/{split.split}: caption {i} is empty or spans several lines"
             )
     root = precomp_dir(data_dir, split.name)
@@ -235,7 +239,7 @@ def write_folds(
     write them; the COCO 1K protocol averages the results over the folds."""
     full = load_split(data_dir, name, source, mmap=True)
     if full.n_images % n_folds:
-        raise MeetError(
+        raise DataSetError(
             f"{precomp_dir(data_dir, name) / (source + '_ims.npy')}: "
             f"{full.n_images} images do not split into {n_folds} equal folds"
         )

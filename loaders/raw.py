@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.precomp import Split
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import DataSetError
+from meet_milvus_loaders.precomp import Split
 
 # Our split names -> Karpathy's. COCO's "restval" images train, as in VSE++/SCAN; "testall" is
 # COCO's full 5K test set (its 1K folds come from `precomp.write_folds`).
@@ -67,12 +67,12 @@ def read_karpathy(
     COCO images have six or seven); None keeps all."""
     json_path, image_root = Path(json_path), Path(image_root)
     if split not in KARPATHY_SPLITS:
-        raise MeetError(
+        raise DataSetError(
             f"{json_path}: unknown split '{split}' (one of {', '.join(KARPATHY_SPLITS)})"
         )
     data = _read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise MeetError(f"{json_path}: not a Karpathy split file (no 'images' list)")
+        raise DataSetError(f"{json_path}: not a Karpathy split file (no 'images' list)")
     wanted = KARPATHY_SPLITS[split]
     paths, captions = [], []
     for i, record in enumerate(data["images"]):
@@ -82,14 +82,14 @@ def read_karpathy(
             rel = Path(record.get("filepath", "")) / record["filename"]
             sentences = [" ".join(s["raw"].split()) for s in record["sentences"]]
         except (KeyError, TypeError, AttributeError) as e:
-            raise MeetError(f"{json_path}: image record {i} lacks {e}") from None
+            raise DataSetError(f"{json_path}: image record {i} lacks {e}") from None
         sentences = [s for s in sentences if s][:max_captions]
         if not sentences:
-            raise MeetError(f"{json_path}: image record {i} ({rel}) has no captions")
+            raise DataSetError(f"{json_path}: image record {i} ({rel}) has no captions")
         paths.append(image_root / rel)
         captions.append(sentences)
     if not paths:
-        raise MeetError(f"{json_path}: no images in split '{split}' (Karpathy '{wanted[0]}')")
+        raise DataSetError(f"{json_path}: no images in split '{split}' (Karpathy '{wanted[0]}')")
     if check_files:
         _check_exist(paths, json_path)
     name = name or str(data.get("dataset") or json_path.stem.replace("dataset_", ""))
@@ -106,24 +106,24 @@ def read_manifest(
     """A JSONL or CSV manifest of image paths with one or more captions each."""
     path = Path(path)
     if not path.is_file():
-        raise MeetError(f"{path}: manifest not found")
+        raise DataSetError(f"{path}: manifest not found")
     root = Path(image_root) if image_root else path.parent
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(path)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = _jsonl_rows(path)
     else:
-        raise MeetError(f"{path}: unknown manifest type (use .jsonl or .csv)")
+        raise DataSetError(f"{path}: unknown manifest type (use .jsonl or .csv)")
     merged: dict[str, list[str]] = {}
     for where, image, caps in rows:
         if not image:
-            raise MeetError(f"{path}: {where}: no image path")
+            raise DataSetError(f"{path}: {where}: no image path")
         caps = [" ".join(c.split()) for c in caps if c and c.strip()]
         if not caps:
-            raise MeetError(f"{path}: {where}: no caption for {image}")
+            raise DataSetError(f"{path}: {where}: no caption for {image}")
         merged.setdefault(image, []).extend(caps)
     if not merged:
-        raise MeetError(f"{path}: no images listed")
+        raise DataSetError(f"{path}: no images listed")
     paths = [root / p for p in merged]
     if check_files:
         _check_exist(paths, path)
@@ -137,13 +137,13 @@ def _jsonl_rows(path: Path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MeetError(f"{path}: line {n}: not JSON ({e.msg})") from None
+            raise DataSetError(f"{path}: line {n}: not JSON ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise MeetError(f"{path}: line {n}: expected an object with 'image' and 'captions'")
+            raise DataSetError(f"{path}: line {n}: expected an object with 'image' and 'captions'")
         caps = obj.get("captions", obj.get("caption"))
         caps = [caps] if isinstance(caps, str) else caps
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise MeetError(f"{path}: line {n}: 'captions' must be a list of strings")
+            raise DataSetError(f"{path}: line {n}: 'captions' must be a list of strings")
         yield f"line {n}", str(obj.get("image") or ""), caps
 
 
@@ -152,7 +152,7 @@ def _csv_rows(path: Path):
     fields = reader.fieldnames or []
     caption_cols = [f for f in fields if f and f.strip().lower().startswith("caption")]
     if "image" not in fields or not caption_cols:
-        raise MeetError(
+        raise DataSetError(
             f"{path}: the header needs an 'image' column and a 'caption...' column, "
             f"got {', '.join(fields) or 'nothing'}"
         )
@@ -168,23 +168,23 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise MeetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise DataSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _read_json(path: Path):
     if not path.is_file():
-        raise MeetError(f"{path}: not found")
+        raise DataSetError(f"{path}: not found")
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise MeetError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        raise DataSetError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _check_exist(paths: Sequence[Path], listed_in: Path) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise MeetError(f"{missing[0]}: image file not found (listed in {listed_in}){more}")
+        raise DataSetError(f"{missing[0]}: image file not found (listed in {listed_in}){more}")
 
 
 def to_split(

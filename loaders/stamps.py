@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import DataSetError
 
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS_SUBDIR = Path("usr/share/tuxpaint/stamps")
@@ -82,7 +82,7 @@ def fetch_package(cache_dir: Path) -> Path:
         f"could not unpack {deb} (delete it to download again)",
     )
     if not (tmp / STAMPS_SUBDIR).is_dir():
-        raise MeetError(f"{deb}: no {STAMPS_SUBDIR} inside; not the {PACKAGE} package?")
+        raise DataSetError(f"{deb}: no {STAMPS_SUBDIR} inside; not the {PACKAGE} package?")
     (tmp / ".complete").write_text(deb.name + "\n")
     if (root / ".complete").is_file():  # another build finished first
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,7 +97,7 @@ def _download(home: Path) -> Path:
     if debs:
         return debs[-1]
     if shutil.which("apt-get") is None:
-        raise MeetError(
+        raise DataSetError(
             f"could not download Debian package {PACKAGE}: apt-get not found "
             f"(put the .deb in {home} by hand)"
         )
@@ -111,16 +111,18 @@ def _download(home: Path) -> Path:
         # A fresh machine has no package lists yet.
         update = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
         if update.returncode != 0:
-            raise MeetError(
+            raise DataSetError(
                 f"could not download Debian package {PACKAGE}: apt-get update "
                 f"failed ({_last_line(update.stderr)})"
             )
         result = _apt_download(scratch)
     if result.returncode != 0:
-        raise MeetError(f"could not download Debian package {PACKAGE}: {_last_line(result.stderr)}")
+        raise DataSetError(
+            f"could not download Debian package {PACKAGE}: {_last_line(result.stderr)}"
+        )
     got = sorted(scratch.glob(f"{PACKAGE}_*.deb"))
     if not got:
-        raise MeetError(f"could not download Debian package {PACKAGE}: apt-get wrote no .deb")
+        raise DataSetError(f"could not download Debian package {PACKAGE}: apt-get wrote no .deb")
     deb = home / got[-1].name
     got[-1].replace(deb)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -141,9 +143,9 @@ def _run(cmd: list[str], what: str) -> None:
     try:
         result = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise MeetError(f"{what}: {cmd[0]} not found") from None
+        raise DataSetError(f"{what}: {cmd[0]} not found") from None
     if result.returncode != 0:
-        raise MeetError(f"{what}: {_last_line(result.stderr)}")
+        raise DataSetError(f"{what}: {_last_line(result.stderr)}")
 
 
 def _last_line(text: str) -> str:
@@ -160,7 +162,7 @@ def load_stamps(stamps_dir: Path) -> list[Stamp]:
     """
     stamps_dir = Path(stamps_dir)
     if not stamps_dir.is_dir():
-        raise MeetError(f"{stamps_dir}: stamps folder not found")
+        raise DataSetError(f"{stamps_dir}: stamps folder not found")
     stamps = []
     for txt in sorted(stamps_dir.rglob("*.txt")):
         key = txt.relative_to(stamps_dir).with_suffix("").as_posix()
@@ -173,7 +175,7 @@ def load_stamps(stamps_dir: Path) -> list[Stamp]:
         if named is not None:
             stamps.append(Stamp(key, png, description, *named))
     if not stamps:
-        raise MeetError(f"{stamps_dir}: no stamps with descriptions found")
+        raise DataSetError(f"{stamps_dir}: no stamps with descriptions found")
     return stamps
 
 

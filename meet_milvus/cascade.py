@@ -1,6 +1,6 @@
 """MEET's progressive filtering over a Milvus gallery, one small object per stage.
 
-Every stage takes a batch of encoded queries (`training.Encoded`: hash codes, head outputs,
+Every stage takes a batch of encoded queries (`meet_milvus.model.Encoded`: hash codes, head outputs,
 dense embeddings of the *other* modality) and the previous stage's candidates, and returns
 ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) and scores
 (higher = better). A first stage gets `None` and searches the whole gallery.
@@ -34,19 +34,29 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from meet_milvus import milvus_arrays
-from meet_milvus.collections import Gallery, Modality
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ParameterError
+from meet_milvus.gallery_layout import Gallery, Modality
 from meet_milvus.milvus_arrays import MAX_TOPK
+from meet_milvus.model.meet_model import Encoded
 from meet_milvus.rerank import Reranker
 from meet_milvus.tier import LocalTier
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-    from training import Encoded
-
 Keep = int | float
 CONSISTENCY = "Eventually"  # the loader waits until every row is visible before it returns
+
+# The stages' defaults; SearchConfig (meet_milvus.searcher) takes its defaults from here.
+# MEET's reference keeps 60% of the images for text queries and 30% of the texts for image
+# queries on 1K/5K galleries; the demo dev split agreed (README).
+HASH_KEEP: dict[str, Keep] = {"image": 0.6, "text": 0.3}  # by the modality searched
+HASH_MODE = "client"
+PQ_KEEP: Keep = 0.5
+PQ_MODE = "adc"
+ANN_KEEP = 300
+ANN_NPROBE = 0.05
+EXACT_KEEP = 100
 
 
 @dataclass(frozen=True)
@@ -90,10 +100,14 @@ class Stage(Protocol):
 def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK) -> int:
     """A stage size as a count: `keep` items, or that fraction of `available` (at least 1)."""
     if isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0:
-        raise MeetError(f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]")
+        raise ParameterError(
+            f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]"
+        )
     if isinstance(keep, float):
         if keep > 1:
-            raise MeetError(f"stage size {keep}: a fraction must be at most 1 (or give a count)")
+            raise ParameterError(
+                f"stage size {keep}: a fraction must be at most 1 (or give a count)"
+            )
         # The decimal the user wrote, times the count, rounded down as MEET's reference does;
         # float arithmetic would overshoot (0.55 * 100 = 55.000000000000007).
         keep = int(Fraction(repr(keep)) * available)
@@ -178,15 +192,15 @@ class HammingFilter(_GalleryStage):
         client: MilvusClient,
         gallery: Gallery,
         modality: Modality,
-        keep: Keep = 0.3,
+        keep: Keep = HASH_KEEP["text"],
         nprobe: int | None = None,
-        mode: Literal["milvus", "client"] = "client",
+        mode: Literal["milvus", "client"] = HASH_MODE,
         store: dict | None = None,
         tier: LocalTier | None = None,
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if mode not in ("milvus", "client"):
-            raise MeetError(f"Hamming filter mode '{mode}': use 'milvus' or 'client'")
+            raise ParameterError(f"Hamming filter mode '{mode}': use 'milvus' or 'client'")
         self.keep = keep
         self.mode = mode
         self.nprobe = nprobe or self.meta.nlist
@@ -195,7 +209,7 @@ class HammingFilter(_GalleryStage):
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is not None:
-            raise MeetError("HammingFilter searches the whole gallery: put it first")
+            raise ParameterError("HammingFilter searches the whole gallery: put it first")
         codes = np.ascontiguousarray(queries.hash_codes, np.uint8)
         if self.mode == "client":
             limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows)
@@ -262,8 +276,8 @@ class QuantizedFilter(_GalleryStage):
         gallery: Gallery,
         modality: Modality,
         codebooks: np.ndarray | None = None,
-        keep: Keep = 0.5,
-        mode: Literal["adc", "milvus"] = "adc",
+        keep: Keep = PQ_KEEP,
+        mode: Literal["adc", "milvus"] = PQ_MODE,
         cache: bool = True,
         nprobe: int | None = None,
         store: dict | None = None,
@@ -271,13 +285,13 @@ class QuantizedFilter(_GalleryStage):
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if mode not in ("adc", "milvus"):
-            raise MeetError(f"quantizer mode '{mode}': use 'adc' or 'milvus'")
+            raise ParameterError(f"quantizer mode '{mode}': use 'adc' or 'milvus'")
         if mode == "adc":
             if codebooks is None:
-                raise MeetError("QuantizedFilter(mode='adc') needs the model's codebooks")
+                raise ParameterError("QuantizedFilter(mode='adc') needs the model's codebooks")
             expected = (self.meta.M, 2**self.meta.K, self.meta.H // self.meta.M)
             if tuple(codebooks.shape) != expected:
-                raise MeetError(
+                raise ParameterError(
                     f"codebooks of shape {codebooks.shape}: the gallery needs {expected}"
                 )
             self.codebooks = np.asarray(codebooks, dtype=np.float32)
@@ -356,12 +370,12 @@ class AnnFilter(_GalleryStage):
         gallery: Gallery,
         modality: Modality,
         tier: LocalTier,
-        keep: int = 300,
-        nprobe: int | float = 0.05,
+        keep: int = ANN_KEEP,
+        nprobe: int | float = ANN_NPROBE,
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if tier is None:
-            raise MeetError("AnnFilter reads the gallery's local tier: give tier=")
+            raise ParameterError("AnnFilter reads the gallery's local tier: give tier=")
         self.keep = keep
         self.nprobe = nprobe
 
@@ -372,7 +386,7 @@ class AnnFilter(_GalleryStage):
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is not None:
-            raise MeetError("AnnFilter searches the whole gallery: put it first")
+            raise ParameterError("AnnFilter searches the whole gallery: put it first")
         limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows)
         ids, scores = self.tier.ann_search(queries.dense, limit, self.lists())
         return Candidates(ids, scores)
@@ -400,15 +414,19 @@ class ExactRescore(_GalleryStage):
         client: MilvusClient,
         gallery: Gallery,
         modality: Modality,
-        keep: Keep = 100,
+        keep: Keep = EXACT_KEEP,
         mode: Literal["auto", "local", "search", "fetch"] = "auto",
         tier: LocalTier | None = None,
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if mode not in ("auto", "local", "search", "fetch"):
-            raise MeetError(f"exact stage mode '{mode}': use 'auto', 'local', 'search' or 'fetch'")
+            raise ParameterError(
+                f"exact stage mode '{mode}': use 'auto', 'local', 'search' or 'fetch'"
+            )
         if mode == "local" and tier is None:
-            raise MeetError("exact stage mode 'local' reads the gallery's local tier: give tier=")
+            raise ParameterError(
+                "exact stage mode 'local' reads the gallery's local tier: give tier="
+            )
         self.keep = keep
         self.mode = mode
 
@@ -487,7 +505,7 @@ class Rerank(_GalleryStage):
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is None:
-            raise MeetError("Rerank re-orders candidates: put it after a filter stage")
+            raise ParameterError("Rerank re-orders candidates: put it after a filter stage")
         ids, scores, vectors, neighbours = self.inputs(queries, candidates, self.reranker.z)
         return Candidates(*self.reranker.rerank(ids, scores, vectors, neighbours))
 
@@ -527,7 +545,7 @@ class Cascade:
 
     def __init__(self, stages: list[Stage]) -> None:
         if not stages:
-            raise MeetError("a cascade needs at least one stage")
+            raise ParameterError("a cascade needs at least one stage")
         self.stages = list(stages)
 
     def __call__(self, queries: Encoded) -> Candidates:

@@ -7,26 +7,9 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.config import Settings, load_settings
+from meet_milvus.commands import data, retrieval, serve, server
+from meet_milvus.context import Context
 from meet_milvus.errors import MeetError
-
-
-class Context:
-    """Carries the global flags; settings are built on first use so `--help` stays instant."""
-
-    def __init__(self, config_file: Path | None, overrides: dict) -> None:
-        self.config_file = config_file
-        self.overrides = overrides
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config_file, **self.overrides)
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group()
@@ -44,17 +27,11 @@ def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
     ctx.obj = Context(config_file, overrides)
 
 
-def _register() -> None:
-    from meet_milvus.commands import data, retrieval, serve, server
-
-    cli.add_command(server.server)
-    cli.add_command(data.data)
-    for command in retrieval.COMMANDS:
-        cli.add_command(command)
-    cli.add_command(serve.serve)
-
-
-_register()
+cli.add_command(server.server)
+cli.add_command(data.data)
+for command in retrieval.COMMANDS:
+    cli.add_command(command)
+cli.add_command(serve.serve)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import tomllib
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ParameterError
 
 DEFAULT_HOME = Path(os.environ.get("MEET_HOME", Path.home() / ".meet-milvus"))
 CONFIG_FILE_ENV = "MEET_CONFIG"
@@ -115,9 +115,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except OSError as e:
-        raise MeetError(f"config file {path}: cannot read ({e.strerror})") from None
+        raise ParameterError(f"config file {path}: cannot read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
-        raise MeetError(f"config file {path}: not valid TOML ({e})") from None
+        raise ParameterError(f"config file {path}: not valid TOML ({e})") from None
     # Accept a [meet] table or top-level keys.
     return dict(data.get("meet", data))
 
@@ -138,7 +138,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         err = e.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "settings"
         source = f" (from {path})" if path and name in file_values else ""
-        raise MeetError(f"setting '{name}'{source}: {err['msg']}") from None
+        raise ParameterError(f"setting '{name}'{source}: {err['msg']}") from None
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -28,6 +28,7 @@ the same protocols; the five folds need an image count divisible by 5.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,7 +36,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ParameterError
 
 Protocol = Literal["1k", "coco_1k_5fold", "coco_5k"]
 PROTOCOLS: tuple[str, ...] = ("1k", "coco_1k_5fold", "coco_5k")
@@ -54,6 +55,21 @@ TABLE_COLUMNS = (
 _CHUNK_ELEMENTS = 1 << 24
 
 SimilarityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class Captioned(typing.Protocol):
+    """What scoring needs of a data split (loaders' `Split` is one): the image of each caption."""
+
+    caption_image: np.ndarray
+    n_images: int
+
+
+def topk_overlap(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's reference top-k (rows of `truth`, k = its width) among its
+    first k results in `found`: recall@k against an exact (or reference) ranking."""
+    k = truth.shape[1]
+    hits = [len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / k
 
 
 class Recall(BaseModel):
@@ -102,7 +118,7 @@ def format_table(rows: dict[str, Recall], digits: int = 1) -> str:
 def average(recalls: Sequence[Recall]) -> Recall:
     """The field-wise mean of several results (the five-fold average)."""
     if not recalls:
-        raise MeetError("recalls: nothing to average")
+        raise ParameterError("recalls: nothing to average")
     fields = Recall.model_fields
     return Recall(**{f: float(np.mean([getattr(r, f) for r in recalls])) for f in fields})
 
@@ -117,7 +133,7 @@ def recall_from_similarity(sims: np.ndarray, caption_image: np.ndarray) -> Recal
     n_images, n_captions = sims.shape
     caption_image = _check_caption_image(caption_image, n_images)
     if len(caption_image) != n_captions:
-        raise MeetError(
+        raise ParameterError(
             f"sims: {n_captions} columns but caption_image has {len(caption_image)} captions"
         )
     i2t_rank, t2i_rank = _ranks_from_similarity(sims, caption_image)
@@ -173,7 +189,7 @@ def recall_from_rankings(
     ranks ``len(list) + 1`` and is never a hit. Ids must be in range and not repeat in a list.
     """
     if int(n_images) < 1:
-        raise MeetError(f"n_images: must be at least 1, got {n_images}")
+        raise ParameterError(f"n_images: must be at least 1, got {n_images}")
     n_images = int(n_images)
     caption_image = _check_caption_image(caption_image, n_images)
     n_captions = len(caption_image)
@@ -201,7 +217,7 @@ def _pad(
     """Ragged id lists -> (n_rows, longest) int64 array padded with -1, and the lengths."""
     if isinstance(lists, np.ndarray) and lists.ndim == 2:
         if lists.dtype.kind not in "iu":
-            raise MeetError(f"{arg}: ids must be integers, got dtype {lists.dtype}")
+            raise ParameterError(f"{arg}: ids must be integers, got dtype {lists.dtype}")
         padded = lists.astype(np.int64, copy=False)
         lengths = np.full(len(padded), padded.shape[1], dtype=np.int64)
         flat = padded.ravel()
@@ -209,24 +225,26 @@ def _pad(
         rows = [np.asarray(row) for row in lists]
         for r, row in enumerate(rows):
             if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
-                raise MeetError(f"{arg}[{r}]: expected a flat list of integer {what} ids")
+                raise ParameterError(f"{arg}[{r}]: expected a flat list of integer {what} ids")
         lengths = np.fromiter((row.size for row in rows), dtype=np.int64, count=len(rows))
         width = int(lengths.max(initial=0))
         flat = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64)
         padded = np.full((len(rows), width), -1, dtype=np.int64)
         padded[np.arange(width) < lengths[:, None]] = flat
     if len(padded) != n_rows:
-        raise MeetError(
+        raise ParameterError(
             f"{arg}: expected one list per {_row_name(arg)} ({n_rows}), got {len(padded)}"
         )
     bad = (flat < 0) | (flat >= n_ids)
     if bad.any():
-        raise MeetError(f"{arg}: {what} id {int(flat[bad.argmax()])} out of range 0..{n_ids - 1}")
+        raise ParameterError(
+            f"{arg}: {what} id {int(flat[bad.argmax()])} out of range 0..{n_ids - 1}"
+        )
     ordered = np.sort(padded, axis=1)
     repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
     if repeated.any():
         r, c = np.argwhere(repeated)[0]
-        raise MeetError(f"{arg}[{r}]: {what} id {int(ordered[r, c])} listed more than once")
+        raise ParameterError(f"{arg}[{r}]: {what} id {int(ordered[r, c])} listed more than once")
     return padded, lengths
 
 
@@ -251,12 +269,14 @@ def protocol_folds(caption_image: np.ndarray, n_images: int, protocol: Protocol)
     """The subsets a protocol scores (one, or five for ``coco_1k_5fold``); their results are
     averaged. Stages that produce ranked lists use this to search each fold's gallery."""
     if protocol not in PROTOCOLS:
-        raise MeetError(f"protocol: unknown {protocol!r}, expected one of {', '.join(PROTOCOLS)}")
+        raise ParameterError(
+            f"protocol: unknown {protocol!r}, expected one of {', '.join(PROTOCOLS)}"
+        )
     caption_image = _check_caption_image(caption_image, n_images)
     if protocol != "coco_1k_5fold":
         return [Fold(np.arange(n_images), np.arange(len(caption_image)), caption_image)]
     if n_images % N_FOLDS:
-        raise MeetError(
+        raise ParameterError(
             f"protocol coco_1k_5fold: {n_images} images do not split into {N_FOLDS} equal folds"
         )
     size = n_images // N_FOLDS
@@ -265,7 +285,7 @@ def protocol_folds(caption_image: np.ndarray, n_images: int, protocol: Protocol)
         lo, hi = f * size, (f + 1) * size
         caption_idx = np.flatnonzero((caption_image >= lo) & (caption_image < hi))
         if not caption_idx.size:
-            raise MeetError(
+            raise ParameterError(
                 f"protocol coco_1k_5fold: fold {f} (images {lo}..{hi - 1}) has no captions"
             )
         folds.append(Fold(np.arange(lo, hi), caption_idx, caption_image[caption_idx] - lo))
@@ -288,12 +308,14 @@ def evaluate(
     if not callable(sims_or_fn):
         sims = np.asarray(sims_or_fn)
         if sims.ndim != 2:
-            raise MeetError(f"sims_or_fn: expected a 2-D similarity matrix, got shape {sims.shape}")
+            raise ParameterError(
+                f"sims_or_fn: expected a 2-D similarity matrix, got shape {sims.shape}"
+            )
         if n_images is not None and n_images != sims.shape[0]:
-            raise MeetError(f"n_images: {n_images} but sims has {sims.shape[0]} rows")
+            raise ParameterError(f"n_images: {n_images} but sims has {sims.shape[0]} rows")
         n_captions = np.asarray(caption_image).reshape(-1).size
         if sims.shape[1] != n_captions:
-            raise MeetError(
+            raise ParameterError(
                 f"sims_or_fn: {sims.shape[1]} columns but caption_image has {n_captions} captions"
             )
         folds = protocol_folds(caption_image, sims.shape[0], protocol)
@@ -315,7 +337,7 @@ def evaluate(
         block = np.asarray(sims_or_fn(fold.image_idx, fold.caption_idx))
         expected = (len(fold.image_idx), len(fold.caption_idx))
         if block.shape != expected:
-            raise MeetError(
+            raise ParameterError(
                 f"sims_or_fn: returned shape {block.shape}, expected {expected} "
                 "(len(image_idx), len(caption_idx))"
             )
@@ -353,29 +375,33 @@ def _summarise(
 def _check_sims(sims: np.ndarray) -> np.ndarray:
     sims = np.asarray(sims)
     if sims.ndim != 2 or 0 in sims.shape:
-        raise MeetError(
+        raise ParameterError(
             f"sims: expected a non-empty (N_images, N_captions) matrix, got {sims.shape}"
         )
     if sims.dtype.kind not in "biuf":
-        raise MeetError(f"sims: expected real numbers, got dtype {sims.dtype}")
+        raise ParameterError(f"sims: expected real numbers, got dtype {sims.dtype}")
     if sims.dtype.kind != "f":
         sims = sims.astype(np.float64)  # room for -inf as "no ground truth yet"
     elif np.isnan(sims).any():
-        raise MeetError("sims: contains NaN")
+        raise ParameterError("sims: contains NaN")
     return sims
 
 
 def _check_caption_image(caption_image: np.ndarray, n_images: int | None) -> np.ndarray:
     caption_image = np.asarray(caption_image)
     if caption_image.ndim != 1 or caption_image.size == 0:
-        raise MeetError(f"caption_image: expected a non-empty 1-D array, got {caption_image.shape}")
+        raise ParameterError(
+            f"caption_image: expected a non-empty 1-D array, got {caption_image.shape}"
+        )
     if caption_image.dtype.kind not in "iu":
-        raise MeetError(
+        raise ParameterError(
             f"caption_image: expected integer image ids, got dtype {caption_image.dtype}"
         )
     caption_image = caption_image.astype(np.int64, copy=False)
     low, high = int(caption_image.min()), int(caption_image.max())
     if low < 0 or (n_images is not None and high >= n_images):
         bound = "" if n_images is None else f" (there are {n_images} images)"
-        raise MeetError(f"caption_image: image id {low if low < 0 else high} out of range{bound}")
+        raise ParameterError(
+            f"caption_image: image id {low if low < 0 else high} out of range{bound}"
+        )
     return caption_image

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import GalleryMismatchError, MeetError, ParameterError
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -41,7 +41,7 @@ def search(
     `queries` is a list of packed bytes (binary vectors) or a float array (nq, dim).
     """
     if not 1 <= limit <= MAX_TOPK:
-        raise MeetError(f"search limit {limit}: must be between 1 and {MAX_TOPK}")
+        raise ParameterError(f"search limit {limit}: must be between 1 and {MAX_TOPK}")
     nq = len(queries)
     ids = np.full((nq, limit), -1, dtype=np.int64)
     dist = np.full((nq, limit), np.nan, dtype=np.float32)
@@ -90,7 +90,9 @@ def fetch(
     pos = np.clip(pos, 0, max(len(got_sorted) - 1, 0))
     if len(ids) and (len(got_sorted) == 0 or (got_sorted[pos] != ids).any()):
         missing = sorted(set(ids.tolist()) - set(got_ids.tolist()))[:5]
-        raise MeetError(f"Milvus collection {collection}: ids {missing} are missing (reload it)")
+        raise GalleryMismatchError(
+            f"Milvus collection {collection}: ids {missing} are missing (reload it)"
+        )
     take = order[pos]
     out: dict[str, np.ndarray | list] = {}
     for name in fields:
@@ -118,7 +120,7 @@ def rows_in_range(
     order = np.argsort(ids, kind="stable")
     if len(ids) != hi - lo or not np.array_equal(ids[order], np.arange(lo, hi)):
         found = len(np.unique(ids))
-        raise MeetError(
+        raise GalleryMismatchError(
             f"Milvus collection {collection}: ids {lo}..{hi - 1} hold {len(ids)} rows "
             f"({found} distinct) instead of {hi - lo}; reload the gallery"
         )

@@ -8,18 +8,14 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from meet_milvus.cascade import Candidates, Rerank
-from meet_milvus.evaluation import Recall, recall_from_rankings
+from meet_milvus.evaluation import Captioned, Recall, recall_from_rankings, topk_overlap
+from meet_milvus.model.meet_model import Encoded
 from meet_milvus.rerank import Reranker
-
-if TYPE_CHECKING:
-    from loaders.precomp import Split
-    from meet_milvus.searcher import MeetSearcher
-    from training import Encoded
+from meet_milvus.searcher import MeetSearcher
 
 DEPTH = 100  # ranked list length per query (R@10 and ranks up to 100)
 DIRECTIONS = {"i2t": "text", "t2i": "image"}  # direction -> gallery modality searched
@@ -50,7 +46,7 @@ class MethodResult:
     stages: dict[str, list[StageStat]] = field(default_factory=dict)  # direction -> stats
 
 
-def truth_masks(split: Split) -> dict[str, callable]:
+def truth_masks(split: Captioned) -> dict[str, callable]:
     """Per direction: (query ids, candidate ids (nq, n)) -> bool (nq, n) of true matches."""
     ci = np.asarray(split.caption_image)
     return {
@@ -62,7 +58,7 @@ def truth_masks(split: Split) -> dict[str, callable]:
 def run_method(
     searcher: MeetSearcher,
     name: str,
-    split: Split,
+    split: Captioned,
     queries: dict[str, Encoded],
     batch: int = 256,
 ) -> MethodResult:
@@ -71,36 +67,32 @@ def run_method(
     if name in _SINGLE_STAGE:
         stage = _SINGLE_STAGE[name]
         overrides |= {f"{stage}_keep_images": DEPTH, f"{stage}_keep_texts": DEPTH}
-    base = searcher.config
-    searcher.config = base.model_copy(update=overrides)
-    try:
-        truth = truth_masks(split)
-        rankings, stats = {}, {}
-        for direction, gallery in DIRECTIONS.items():
-            encoded = queries[direction]
-            cascade = searcher.cascade(gallery, k=DEPTH)
-            n = len(encoded)
-            seconds = np.zeros(len(cascade.stages))
-            widths = np.zeros(len(cascade.stages))
-            kept = np.zeros(len(cascade.stages))
-            ranked = []
-            for lo in range(0, n, batch):
-                q = np.arange(lo, min(n, lo + batch))
-                traces = cascade.trace(encoded[q])
-                for s, trace in enumerate(traces):
-                    ids = trace.candidates.ids
-                    seconds[s] += trace.seconds
-                    widths[s] += (ids >= 0).sum()
-                    kept[s] += truth[direction](q, ids).any(axis=1).sum()
-                final = traces[-1].candidates.ids[:, :DEPTH]
-                ranked.extend(row[row >= 0] for row in final)
-            rankings[direction] = ranked
-            stats[direction] = [
-                StageStat(st.name, 1000 * seconds[s] / n, widths[s] / n, 100 * kept[s] / n)
-                for s, st in enumerate(cascade.stages)
-            ]
-    finally:
-        searcher.config = base
+    config = searcher.config.model_copy(update=overrides)
+    truth = truth_masks(split)
+    rankings, stats = {}, {}
+    for direction, gallery in DIRECTIONS.items():
+        encoded = queries[direction]
+        cascade = searcher.cascade(gallery, k=DEPTH, config=config)
+        n = len(encoded)
+        seconds = np.zeros(len(cascade.stages))
+        widths = np.zeros(len(cascade.stages))
+        kept = np.zeros(len(cascade.stages))
+        ranked = []
+        for lo in range(0, n, batch):
+            q = np.arange(lo, min(n, lo + batch))
+            traces = cascade.trace(encoded[q])
+            for s, trace in enumerate(traces):
+                ids = trace.candidates.ids
+                seconds[s] += trace.seconds
+                widths[s] += (ids >= 0).sum()
+                kept[s] += truth[direction](q, ids).any(axis=1).sum()
+            final = traces[-1].candidates.ids[:, :DEPTH]
+            ranked.extend(row[row >= 0] for row in final)
+        rankings[direction] = ranked
+        stats[direction] = [
+            StageStat(st.name, 1000 * seconds[s] / n, widths[s] / n, 100 * kept[s] / n)
+            for s, st in enumerate(cascade.stages)
+        ]
     recall = recall_from_rankings(
         rankings["i2t"], rankings["t2i"], split.caption_image, split.n_images
     )
@@ -137,7 +129,7 @@ class TuneResult:
 
 def tune_rerank(
     searcher: MeetSearcher,
-    split: Split,
+    split: Captioned,
     queries: dict[str, Encoded],
     alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
     betas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
@@ -148,22 +140,18 @@ def tune_rerank(
     """rSum of cascade + re-ranking for every (alpha, beta, z), best first. The cascade runs
     once; the re-ranker's inputs are fetched once for the deepest z."""
     temperature = temperature or searcher.config.temperature
-    base = searcher.config
-    searcher.config = base.model_copy(update=dict(rerank=False, exact_keep=DEPTH))
-    try:
-        prepared = {}
-        for direction, gallery in DIRECTIONS.items():
-            encoded = queries[direction]
-            cascade = searcher.cascade(gallery, k=DEPTH)
-            stage = Rerank(searcher.client, searcher.gallery, gallery)
-            parts = []
-            for lo in range(0, len(encoded), batch):
-                q = encoded[lo : lo + batch]
-                candidates: Candidates = cascade(q)
-                parts.append(stage.inputs(q, candidates, max(zs)))
-            prepared[direction] = [np.concatenate(p) for p in zip(*parts, strict=True)]
-    finally:
-        searcher.config = base
+    config = searcher.config.model_copy(update=dict(rerank=False, exact_keep=DEPTH))
+    prepared = {}
+    for direction, gallery in DIRECTIONS.items():
+        encoded = queries[direction]
+        cascade = searcher.cascade(gallery, k=DEPTH, config=config)
+        stage = Rerank(searcher.client, searcher.gallery, gallery)
+        parts = []
+        for lo in range(0, len(encoded), batch):
+            q = encoded[lo : lo + batch]
+            candidates: Candidates = cascade(q)
+            parts.append(stage.inputs(q, candidates, max(zs)))
+        prepared[direction] = [np.concatenate(p) for p in zip(*parts, strict=True)]
     results = []
     for alpha, beta, z in itertools.product(alphas, betas, zs):
         reranker = Reranker(alpha, beta, z, temperature)
@@ -203,20 +191,15 @@ def pq_agreement(
         expected = np.argsort(-reference, axis=1, kind="stable")[:, :depth]
         for mode in ("adc", "milvus"):
             update = dict(hash=False, pq=True, exact=False, rerank=False, pq_mode=mode)
-            searcher.config = base.model_copy(
+            config = base.model_copy(
                 update=update | {"pq_keep_images": depth, "pq_keep_texts": depth}
             )
-            try:
-                cascade, found, start = searcher.cascade(gallery, k=depth), [], time.perf_counter()
-                for lo in range(0, len(encoded), batch):
-                    found.append(cascade(encoded[lo : lo + batch]).ids[:, :depth])
-                seconds = time.perf_counter() - start
-            finally:
-                searcher.config = base
-            hits = [
-                len(set(f) & set(e)) for f, e in zip(np.concatenate(found), expected, strict=True)
-            ]
-            share = 100 * float(np.sum(hits)) / expected.size
+            cascade = searcher.cascade(gallery, k=depth, config=config)
+            found, start = [], time.perf_counter()
+            for lo in range(0, len(encoded), batch):
+                found.append(cascade(encoded[lo : lo + batch]).ids[:, :depth])
+            seconds = time.perf_counter() - start
+            share = 100 * topk_overlap(np.concatenate(found), expected)
             out.append(PQAgreement(mode, direction, share, 1000 * seconds / len(encoded)))
     return out
 

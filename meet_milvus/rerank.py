@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ParameterError
 
 # Similarities within float error are a tie, not a rank: a gallery item queried again (from its
 # image file, or through another float path) scores about 1e-6 off its stored neighbour value.
@@ -71,16 +71,19 @@ def consistency(
 class Reranker:
     """final = sim + alpha·consistency + beta·complementarity over each query's top z."""
 
-    alpha: float = 0.0  # the demo dev split's best (meet_milvus.searcher.SearchConfig)
+    # The defaults (SearchConfig's too): the best of `meet-milvus eval --tune` on the demo dev
+    # gallery with the default checkpoint (rSum 133.2 -> 139.8); consistency (alpha > 0) did not
+    # add to it there.
+    alpha: float = 0.0
     beta: float = 0.4
     z: int = 30
     temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.z < 1:
-            raise MeetError(f"re-ranking depth z={self.z}: must be at least 1")
+            raise ParameterError(f"re-ranking depth z={self.z}: must be at least 1")
         if self.temperature <= 0:
-            raise MeetError(f"re-ranking temperature {self.temperature}: must be positive")
+            raise ParameterError(f"re-ranking temperature {self.temperature}: must be positive")
 
     def scores(
         self, sims: np.ndarray, vectors: np.ndarray, neighbours: np.ndarray, valid: np.ndarray

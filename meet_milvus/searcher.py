@@ -12,11 +12,12 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from meet_milvus import cascade as stages_
 from meet_milvus import milvus_arrays
 from meet_milvus.cascade import (
     CONSISTENCY,
@@ -30,16 +31,16 @@ from meet_milvus.cascade import (
     Stage,
     StageTrace,
 )
-from meet_milvus.collections import Gallery, Modality, open_gallery
 from meet_milvus.config import Settings, load_settings
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import GalleryMismatchError, ParameterError
+from meet_milvus.gallery_layout import Gallery, Modality, open_gallery
 from meet_milvus.milvus_arrays import MAX_TOPK
+from meet_milvus.model.checkpoint import load_checkpoint
+from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
+from meet_milvus.server import connect
 from meet_milvus.tier import LocalTier, open_tier
-
-if TYPE_CHECKING:
-    from training import Encoded, MeetModel
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
@@ -50,12 +51,11 @@ class SearchConfig(BaseModel):
     """The cascade's switches and sizes. A size is a count, or a fraction (float in (0, 1]) of
     what the stage receives: the gallery for the first stage, the survivors after that.
 
-    Defaults chosen on the demo dev split (500 images / 2500 captions; README): the smallest
-    sizes within ~1 rSum point of the best cascade, and the best re-ranking weights of a grid.
-    MEET's reference likewise keeps 60% of the images for text queries and 30% of the texts
-    for image queries on 1K/5K galleries. Milvus caps a search at 16384 hits; the client-side
-    Hamming scan (`hash_mode="client"`) and the ADC stage have no cap, which is what a gallery
-    of millions needs for recall (benchmarks/README.md).
+    Defaults (the stages' own, meet_milvus.cascade and meet_milvus.rerank) chosen on the demo
+    dev split (500 images / 2500 captions; README): the smallest sizes within ~1 rSum point of
+    the best cascade, and the best re-ranking weights of a grid. Milvus caps a search at 16384
+    hits; the client-side Hamming scan (`hash_mode="client"`) and the ADC stage have no cap,
+    which is what a gallery of millions needs for recall (benchmarks/README.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,32 +70,37 @@ class SearchConfig(BaseModel):
     # at 100k-1M synthetic items it keeps the exact top-10 with ~300 candidates where MEET's
     # 8-byte codes need tens of thousands (README "Performance at scale").
     filter: Literal["auto", "meet", "ann"] = "auto"
-    ann_keep: int = Field(300, ge=1, description="candidates the ANN stage passes on")
-    ann_nprobe: int | float = Field(0.05, gt=0, description="IVF lists scanned (or a fraction)")
+    ann_keep: int = Field(stages_.ANN_KEEP, ge=1, description="candidates the ANN stage passes on")
+    ann_nprobe: int | float = Field(
+        stages_.ANN_NPROBE, gt=0, description="IVF lists scanned (or a fraction)"
+    )
     hash: bool = True
-    hash_keep_images: Keep = Field(0.6, description="stage-1 size searching images")
-    hash_keep_texts: Keep = Field(0.3, description="stage-1 size searching captions")
+    hash_keep_images: Keep = Field(stages_.HASH_KEEP["image"], description="stage-1 size, images")
+    hash_keep_texts: Keep = Field(stages_.HASH_KEEP["text"], description="stage-1 size, captions")
     # The scan of cached codes is the default: at 1M items it took 3-5 ms against 10-15 ms for
     # Milvus BIN_IVF_FLAT, holds 8 bytes an item against ~82 in the server, and has no topk cap
     # (benchmarks/README.md); its codes are fetched once, beside the PQ codes the ADC stage
     # fetches anyway.
     hash_mode: Literal["milvus", "client"] = Field(
-        "client", description="Hamming stage: a scan of cached codes, or Milvus BIN_IVF_FLAT"
+        stages_.HASH_MODE,
+        description="Hamming stage: a scan of cached codes, or Milvus BIN_IVF_FLAT",
     )
     nprobe: int | None = Field(None, description="IVF lists probed (default: all, exact)")
     pq: bool = True
-    pq_keep_images: Keep = 0.5
-    pq_keep_texts: Keep = 0.5
-    pq_mode: Literal["adc", "milvus"] = "adc"
+    pq_keep_images: Keep = stages_.PQ_KEEP
+    pq_keep_texts: Keep = stages_.PQ_KEEP
+    pq_mode: Literal["adc", "milvus"] = stages_.PQ_MODE
     exact: bool = True
-    exact_keep: int = Field(100, ge=1, le=MAX_TOPK, description="kept by the exact stage (>= k)")
+    exact_keep: int = Field(
+        stages_.EXACT_KEEP, ge=1, le=MAX_TOPK, description="kept by the exact stage (>= k)"
+    )
     rerank: bool = True
-    # Re-ranking weights: the best of `meet-milvus eval --tune` on the demo dev gallery with the
-    # default checkpoint (rSum 133.2 -> 139.8); consistency (alpha > 0) did not add to it there.
-    alpha: float = Field(0.0, description="weight of consistency")
-    beta: float = Field(0.4, description="weight of complementarity")
-    z: int = Field(30, ge=1, description="re-ranking depth")
-    temperature: float = Field(0.05, gt=0, description="attention temperature of consistency")
+    alpha: float = Field(Reranker.alpha, description="weight of consistency")
+    beta: float = Field(Reranker.beta, description="weight of complementarity")
+    z: int = Field(Reranker.z, ge=1, description="re-ranking depth")
+    temperature: float = Field(
+        Reranker.temperature, gt=0, description="attention temperature of consistency"
+    )
 
     def keep(self, stage: str, gallery: Modality) -> Keep:
         return getattr(self, f"{stage}_keep_{'images' if gallery == 'image' else 'texts'}")
@@ -125,9 +130,6 @@ class MeetSearcher:
         config: SearchConfig | None = None,
         **overrides: Any,
     ) -> None:
-        from meet_milvus.server import connect
-        from training import load_checkpoint
-
         settings = settings or load_settings()
         if uri is not None:
             settings = load_settings(None, **{**settings.model_dump(), "milvus_uri": uri})
@@ -137,12 +139,12 @@ class MeetSearcher:
             self.config = SearchConfig.model_validate({**base, **overrides})
         except ValidationError as e:
             err = e.errors()[0]
-            raise MeetError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
+            raise ParameterError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
         if self.config.filter == "ann" and self.config.tier != "local":
-            raise MeetError("search setting 'filter': the ANN index needs tier='local'")
+            raise ParameterError("search setting 'filter': the ANN index needs tier='local'")
         self.client = connect(settings)
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
-        self.model: MeetModel = load_checkpoint(path, settings.device)
+        self.model: MeetModel = load_checkpoint(path, settings.device, settings.cache_dir)
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
@@ -170,6 +172,7 @@ class MeetSearcher:
         """Images for a text (a list of texts: one list of hits each)."""
         single = isinstance(text, str)
         texts = [text] if single else list(text)
+        check_k(k)  # before the (slow) encoding
         if not texts:
             return []
         queries = self.encode_texts(texts)
@@ -183,6 +186,7 @@ class MeetSearcher:
         pooled). A list of those, or an (N, R, D) array, is a batch: one list of hits each."""
         single = isinstance(image, str | Path) or (isinstance(image, np.ndarray) and image.ndim < 3)
         items = [image] if single else list(image)
+        check_k(k)
         if not items:
             return []
         queries = self.encode_images(items)
@@ -193,9 +197,9 @@ class MeetSearcher:
         """Query texts through the model; empty ones refused, over-long ones truncated (warned)."""
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise MeetError(f"query {i}: expected text, got {type(t).__name__}")
+                raise ParameterError(f"query {i}: expected text, got {type(t).__name__}")
             if not t.strip():
-                raise MeetError(f"query {i}: the text is empty")
+                raise ParameterError(f"query {i}: the text is empty")
         limit = self.model.max_text_len
         for i, n in enumerate(self.model.count_tokens(texts)):
             if n > limit:
@@ -211,23 +215,28 @@ class MeetSearcher:
         if all(isinstance(x, str | Path) for x in items):
             for x in items:
                 if not Path(x).is_file():
-                    raise MeetError(f"image file {x}: not found")
+                    raise ParameterError(f"image file {x}: not found")
             with self._model_lock:
                 return self.model.encode_image_files([str(x) for x in items])
         if all(isinstance(x, np.ndarray) for x in items):
             shapes = {x.shape for x in items}
             if len(shapes) > 1:
-                raise MeetError(f"image features of different shapes in one batch: {shapes}")
+                raise ParameterError(f"image features of different shapes in one batch: {shapes}")
             features = np.stack([x if x.ndim <= 2 else x.reshape(-1, x.shape[-1]) for x in items])
             if features.ndim == 2 or features.ndim == 3:
                 with self._model_lock:
                     return self.model.encode_images(features)
-            raise MeetError(f"image features of shape {items[0].shape}: expected (R, D) or (D,)")
-        raise MeetError("images: give file paths or feature arrays (numpy), not a mix")
+            raise ParameterError(
+                f"image features of shape {items[0].shape}: expected (R, D) or (D,)"
+            )
+        raise ParameterError("images: give file paths or feature arrays (numpy), not a mix")
 
-    def cascade(self, gallery: Modality, k: int = 10) -> Cascade:
-        """The stages that answer queries against one modality of the gallery, for top k."""
-        c, g, cfg = self.client, self.gallery, self.config
+    def cascade(
+        self, gallery: Modality, k: int = 10, config: SearchConfig | None = None
+    ) -> Cascade:
+        """The stages that answer queries against one modality of the gallery, for top k, with
+        the searcher's config or `config` (e.g. one stage switched off, for an evaluation)."""
+        c, g, cfg = self.client, self.gallery, config or self.config
         tier = self.tier(gallery)
         stages: list[Stage] = []
         if cfg.first_filter(g.rows(gallery)) == "ann":
@@ -275,7 +284,9 @@ class MeetSearcher:
         gallery = open_gallery(self.client, collection)
         path = gallery.meta["image"].checkpoint
         if not path:
-            raise MeetError(f"collection '{collection}': records no checkpoint; pass checkpoint=")
+            raise GalleryMismatchError(
+                f"collection '{collection}': records no checkpoint; pass checkpoint="
+            )
         return Path(path)
 
     def _hits(
@@ -327,7 +338,7 @@ class MeetSearcher:
 
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_TOPK:
-        raise MeetError(f"k={k}: must be an integer between 1 and {MAX_TOPK}")
+        raise ParameterError(f"k={k}: must be an integer between 1 and {MAX_TOPK}")
     return int(k)
 
 

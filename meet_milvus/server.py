@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from meet_milvus.config import Settings, redact_uri
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ServerUnavailableError
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -121,15 +121,15 @@ class ServerStatus:
     network: str | None = None  # "isolated" or "host", set while the process is alive
 
 
-class _PortTaken(MeetError):
+class _PortTaken(ServerUnavailableError):
     """Another program holds one of the ports chosen for the server."""
 
 
-class _NotAnswering(MeetError):
+class _NotAnswering(ServerUnavailableError):
     """Nothing answers at the URI."""
 
 
-class _AuthRefused(MeetError):
+class _AuthRefused(ServerUnavailableError):
     """The server refused the credential."""
 
 
@@ -243,9 +243,11 @@ class EmbeddedServer:
         with self._locked():
             state = self._read_state()
             if not state or not _state_alive(state):
-                raise MeetError("embedded Milvus stopped before its credential could be rotated")
+                raise ServerUnavailableError(
+                    "embedded Milvus stopped before its credential could be rotated"
+                )
             if not state.get("supervised") or not self.token():
-                raise MeetError(
+                raise ServerUnavailableError(
                     "embedded Milvus was started by an earlier version, without authentication; "
                     "restart it (meet-milvus server stop, then start) before rotating"
                 )
@@ -262,7 +264,9 @@ class EmbeddedServer:
             except Exception as e:
                 pending.unlink(missing_ok=True)
                 why = _clean(_clean(str(e), old), new)
-                raise MeetError(f"embedded Milvus: the password was not changed ({why})") from None
+                raise ServerUnavailableError(
+                    f"embedded Milvus: the password was not changed ({why})"
+                ) from None
             finally:
                 client.close()
             pending.replace(self.credentials)
@@ -386,7 +390,9 @@ class EmbeddedServer:
         def fill(m: re.Match) -> str:
             value = values.get(m.group(1), m.group(2))
             if value is None:
-                raise MeetError(f"embedded Milvus: config template: no value for {m.group(1)}")
+                raise ServerUnavailableError(
+                    f"embedded Milvus: config template: no value for {m.group(1)}"
+                )
             return str(value)
 
         package = _package_dir() / "data"
@@ -406,7 +412,9 @@ class EmbeddedServer:
         ):
             template, found = re.subn(pattern, rf"\g<1>{value}", template, flags=re.M)
             if found != count:
-                raise MeetError(f"embedded Milvus: config template: {pattern!r} not found")
+                raise ServerUnavailableError(
+                    f"embedded Milvus: config template: {pattern!r} not found"
+                )
         _write_private(configs / "milvus.yaml", _PLACEHOLDER.sub(fill, template))
         glog = (package / "glog.conf").read_text(encoding="utf-8")
         glog = glog.replace("--logtostderr=false", "--logtostderr=true")
@@ -428,7 +436,7 @@ class EmbeddedServer:
             if not _state_alive(state):
                 raise self._start_failure(state)
             if time.monotonic() > deadline:
-                raise MeetError(
+                raise ServerUnavailableError(
                     f"embedded Milvus did not answer within {timeout:.0f} s on port "
                     f"{state['port']}; see its log {self.log}"
                 )
@@ -439,7 +447,7 @@ class EmbeddedServer:
                 state["milvus_pid"] = milvus_pid
                 self._write_state(state)
 
-    def _start_failure(self, state: dict) -> MeetError:
+    def _start_failure(self, state: dict) -> ServerUnavailableError:
         """Why the server died while starting, from what the supervisor recorded or the log."""
         failure = _read_json(self._error_file) if state.get("supervised") else {}
         if failure.get("kind") == "port_taken":
@@ -447,14 +455,16 @@ class EmbeddedServer:
                 return _port_in_use(state["port"])
             return _PortTaken(f"embedded Milvus: port {failure.get('port')} was taken")
         if failure.get("kind") == "isolation":
-            return MeetError(
+            return ServerUnavailableError(
                 f"embedded Milvus: cannot give it a network of its own ({failure.get('detail')}), "
                 f"and Milvus 2.3.5 alone listens on all interfaces; set embedded_network = "
                 f'"host" (MEET_EMBEDDED_NETWORK=host) to run it so anyway, or point --uri '
                 f"at a server of your own"
             )
         if failure:
-            return MeetError(f"embedded Milvus: {failure.get('detail')}; see its log {self.log}")
+            return ServerUnavailableError(
+                f"embedded Milvus: {failure.get('detail')}; see its log {self.log}"
+            )
         if state.get("network", "host") == "host":
             # Its ports are free again now that it is gone, unless another program holds one.
             ports = (state["port"], *state.get("ports", {}).values())
@@ -464,7 +474,7 @@ class EmbeddedServer:
             if held:
                 return _PortTaken(f"embedded Milvus: port {held[0]} was taken")
         hint = _log_hint(self.log) or self._exit_reason()
-        return MeetError(
+        return ServerUnavailableError(
             f"embedded Milvus exited during start-up{f' ({hint})' if hint else ''}; "
             f"see its log {self.log}"
         )
@@ -499,11 +509,13 @@ class EmbeddedServer:
                     pending_file.replace(self.credentials)
             except Exception as e:
                 why = _clean(_clean(str(e), stored), password)
-                raise MeetError(f"embedded Milvus: root's password was not set ({why})") from None
+                raise ServerUnavailableError(
+                    f"embedded Milvus: root's password was not set ({why})"
+                ) from None
             finally:
                 client.close()
             return
-        raise MeetError(
+        raise ServerUnavailableError(
             f"embedded Milvus refuses the credential stored in {self.credentials}; "
             f"was root's password changed by hand?"
         )
@@ -529,7 +541,9 @@ class EmbeddedServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(victim, signal.SIGKILL)
             if not self._exited(state, 10.0):
-                raise MeetError(f"embedded Milvus (pid {pid}) did not stop; see its log {self.log}")
+                raise ServerUnavailableError(
+                    f"embedded Milvus (pid {pid}) did not stop; see its log {self.log}"
+                )
         _remove_leftovers(state)
 
     def _exited(self, state: dict, wait: float) -> bool:
@@ -555,7 +569,7 @@ class EmbeddedServer:
                 _tighten(self.directory)
             fd = os.open(self.directory / "server.lock", os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as e:
-            raise MeetError(
+            raise ServerUnavailableError(
                 f"embedded Milvus: cannot use {self.directory} ({e.strerror})"
             ) from None
         try:
@@ -590,7 +604,7 @@ def connect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> MilvusClien
     try:
         return _client(uri, token or server.token(), settings.milvus_db, timeout)
     except _NotAnswering as e:
-        raise MeetError(f"{e}; see its log {server.log}") from None
+        raise ServerUnavailableError(f"{e}; see its log {server.log}") from None
 
 
 def server_version(client: MilvusClient) -> str:
@@ -611,11 +625,11 @@ def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs: Any) -
         except MilvusException as e:
             if e.code == Status.CONNECT_FAILED:
                 raise _NotAnswering(f"{where}: not answering") from None
-            raise MeetError(f"{where}: {_clean(e.message, token)}") from None
+            raise ServerUnavailableError(f"{where}: {_clean(e.message, token)}") from None
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise _AuthRefused(f"{where}: authentication refused (check the token)") from None
-            raise MeetError(f"{where}: {_clean(str(e.details()), token)}") from None
+            raise ServerUnavailableError(f"{where}: {_clean(str(e.details()), token)}") from None
 
 
 @contextlib.contextmanager
@@ -648,8 +662,8 @@ def _local_uri(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _port_in_use(port: int) -> MeetError:
-    return MeetError(
+def _port_in_use(port: int) -> ServerUnavailableError:
+    return ServerUnavailableError(
         f"embedded Milvus: port {port} is already in use by another process; "
         f"set embedded_port (MEET_EMBEDDED_PORT) to a free port, or point --uri at "
         f"that server if it is a Milvus"
@@ -708,7 +722,9 @@ def _tighten(directory: Path) -> None:
 def _package_dir() -> Path:
     spec = importlib.util.find_spec("milvus")
     if spec is None or not spec.submodule_search_locations:
-        raise MeetError("embedded Milvus: the package 'milvus' (2.3.5) is not installed")
+        raise ServerUnavailableError(
+            "embedded Milvus: the package 'milvus' (2.3.5) is not installed"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -732,11 +748,13 @@ def _binaries(cache_dir: Path) -> Path:
                 shutil.copyfileobj(src, dst, 1 << 20)
             unpacked.chmod(0o755)
         if not (tmp / "milvus").is_file():
-            raise MeetError(f"embedded Milvus: no Milvus binary in {source}")
+            raise ServerUnavailableError(f"embedded Milvus: no Milvus binary in {source}")
         with contextlib.suppress(OSError):  # another process may have won the race
             tmp.rename(target)
     except OSError as e:
-        raise MeetError(f"embedded Milvus: cannot unpack the server into {target} ({e})") from None
+        raise ServerUnavailableError(
+            f"embedded Milvus: cannot unpack the server into {target} ({e})"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

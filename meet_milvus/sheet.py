@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from loaders.features import to_rgb
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import ParameterError
+from meet_milvus.model.features import to_rgb
 from meet_milvus.results import Hit
 
 SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -33,11 +33,11 @@ def check_path(path: str | Path) -> Path:
     """The sheet's path, refused with one line before any search is run."""
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
-        raise MeetError(f"--sheet {path}: give a .png, .jpg or .webp path")
+        raise ParameterError(f"--sheet {path}: give a .png, .jpg or .webp path")
     if not path.parent.is_dir():
-        raise MeetError(f"--sheet {path}: folder {path.parent} not found")
+        raise ParameterError(f"--sheet {path}: folder {path.parent} not found")
     if path.is_dir():
-        raise MeetError(f"--sheet {path}: is a folder")
+        raise ParameterError(f"--sheet {path}: is a folder")
     return path
 
 
@@ -52,12 +52,12 @@ def write_sheet(
     saves the sheet to `path` (format from the suffix)."""
     path = check_path(path)
     if (text is None) == (image is None):
-        raise MeetError("contact sheet: give the query text or the query image (one of them)")
+        raise ParameterError("contact sheet: give the query text or the query image (one of them)")
     sheet = images_sheet(text, hits) if text is not None else captions_sheet(Path(image), hits)
     try:
         sheet.save(path, SUFFIXES[path.suffix.lower()])
     except OSError as e:
-        raise MeetError(f"--sheet {path}: cannot write ({e.strerror or e})") from None
+        raise ParameterError(f"--sheet {path}: cannot write ({e.strerror or e})") from None
     return path
 
 

@@ -31,9 +31,9 @@ import faiss
 import numpy as np
 
 from meet_milvus import milvus_arrays
-from meet_milvus.collections import Gallery, GalleryMeta, Modality, load_all
 from meet_milvus.config import Settings
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import GalleryMismatchError
+from meet_milvus.gallery_layout import Gallery, GalleryMeta, Modality, load_all
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -131,7 +131,7 @@ class LocalTier:
         when it differs from `width` (the offsets file: row i is entries i and i+1)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.rows):
-            raise MeetError(f"gallery tier {self.path}: ids outside 0..{self.rows - 1}")
+            raise GalleryMismatchError(f"gallery tier {self.path}: ids outside 0..{self.rows - 1}")
         itemsize = np.dtype(dtype).itemsize
         size, step = width * itemsize, (stride or width) * itemsize
         fd = self._fd(name)
@@ -149,7 +149,7 @@ class LocalTier:
         else:
             got = read(jobs)
         if got != size * len(ids):
-            raise MeetError(f"gallery tier {self.path / name}: truncated (rebuild it)")
+            raise GalleryMismatchError(f"gallery tier {self.path / name}: truncated (rebuild it)")
         return out
 
     def _fd(self, name: str) -> int:
@@ -184,7 +184,9 @@ def read_tier(path: Path) -> LocalTier:
     try:
         info = json.loads((Path(path) / "tier.json").read_text())
     except (OSError, ValueError):
-        raise MeetError(f"gallery tier {path}: missing or unreadable tier.json") from None
+        raise GalleryMismatchError(
+            f"gallery tier {path}: missing or unreadable tier.json"
+        ) from None
     return LocalTier(Path(path), GalleryMeta.model_validate(info["gallery"]), info)
 
 
@@ -252,7 +254,7 @@ def write_tier(
     try:
         rows = _write_rows(tmp, meta, chunks)
         if rows != meta.rows:
-            raise MeetError(
+            raise GalleryMismatchError(
                 f"gallery '{meta.gallery}' {meta.modality}s: {rows} rows written to its local "
                 f"tier, the gallery records {meta.rows}; reload it"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("faiss", reason="the bench extra (faiss-cpu) trains the PQ codebooks")
 
 from benchmarks.synthetic import SyntheticSpec, encode_head, generate  # noqa: E402
@@ -37,7 +39,7 @@ def test_shapes_and_code_contract(gallery):
     norms = np.linalg.norm(gallery.dense.astype(np.float32), axis=1)
     np.testing.assert_allclose(norms, 1, atol=2e-3)
     assert gallery.hash_codes.shape == (n, SPEC.bits // 8) and gallery.hash_codes.dtype == np.uint8
-    # The hash codes are the packed signs of the tanh head (training.Encoded contract).
+    # The hash codes are the packed signs of the tanh head (meet_milvus_training.Encoded contract).
     head = encode_head(gallery.dense, gallery.head_weight, gallery.head_bias)
     np.testing.assert_allclose(head, gallery.head, atol=1e-5)
     assert np.all(np.abs(head) < 1)

@@ -15,16 +15,16 @@ from meet_milvus.cascade import (
     hamming_top,
     resolve_keep,
 )
-from meet_milvus.collections import open_gallery
 from meet_milvus.errors import MeetError
+from meet_milvus.gallery_layout import open_gallery
 from meet_milvus.server import connect
 
 
 @pytest.fixture(scope="module")
 def setup(runtime_settings, demo_gallery, demo_checkpoint):
-    from loaders.milvus_loader import encode_split
-    from loaders.precomp import load_split
-    from training import load_checkpoint
+    from meet_milvus.model import load_checkpoint
+    from meet_milvus_loaders.milvus_loader import encode_split
+    from meet_milvus_loaders.precomp import load_split
 
     model = load_checkpoint(demo_checkpoint, "cpu")
     client = connect(runtime_settings)
@@ -38,6 +38,7 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
 
 
+@pytest.mark.integration
 def test_hamming_filter_keeps_the_nearest_codes(setup):
     client, gallery, _model, images, texts = setup
     stage = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")
@@ -49,6 +50,7 @@ def test_hamming_filter_keeps_the_nearest_codes(setup):
     np.testing.assert_array_equal(got, np.sort(dist, axis=1)[:, :10])  # exact: all lists probed
 
 
+@pytest.mark.integration
 def test_client_hamming_scan_matches_milvus(setup):
     client, gallery, _model, images, texts = setup
     milvus = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")(texts)
@@ -62,6 +64,7 @@ def test_client_hamming_scan_matches_milvus(setup):
     assert sorted(whole.ids[0]) == list(range(gallery.meta["image"].rows))  # no topk cap
 
 
+@pytest.mark.unit
 def test_hamming_top_handles_wide_codes_and_ties():
     rng = np.random.default_rng(0)
     for nbytes, limit in ((3, 50), (8, 700), (16, 1)):
@@ -75,6 +78,7 @@ def test_hamming_top_handles_wide_codes_and_ties():
         assert all(len(set(row)) == limit for row in out.ids)
 
 
+@pytest.mark.integration
 def test_adc_reproduces_the_models_pq_ranking(setup):
     client, gallery, model, images, texts = setup
     stage = QuantizedFilter(client, gallery, "text", model.codebooks, keep=15)
@@ -86,6 +90,7 @@ def test_adc_reproduces_the_models_pq_ranking(setup):
     np.testing.assert_allclose(out.scores, -np.sort(-expected, axis=1)[:, :15], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_quantized_filter_ranks_only_the_survivors(setup):
     client, gallery, model, images, texts = setup
     survivors = HammingFilter(client, gallery, "text", keep=40)(images)
@@ -102,6 +107,7 @@ def test_quantized_filter_ranks_only_the_survivors(setup):
         assert set(kept[kept >= 0]) <= set(row)
 
 
+@pytest.mark.integration
 def test_exact_rescore_is_exact(setup):
     client, gallery, _model, images, texts = setup
     sims = texts.dense @ images.dense.T
@@ -121,6 +127,7 @@ def test_exact_rescore_is_exact(setup):
         ExactRescore(client, gallery, "image", mode="scan")
 
 
+@pytest.mark.integration
 def test_cascade_traces_every_stage(setup):
     client, gallery, model, images, texts = setup
     cascade = Cascade(
@@ -140,6 +147,7 @@ def test_cascade_traces_every_stage(setup):
         assert sorted(before) == sorted(after)  # re-ranking re-orders, never replaces
 
 
+@pytest.mark.integration
 def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
     client, gallery, model, images, texts = setup
     stage = HammingFilter(client, gallery, "text", keep=30, mode="milvus")
@@ -158,6 +166,7 @@ def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
     np.testing.assert_array_equal(rows["image"], again["image"])
 
 
+@pytest.mark.unit
 def test_stage_sizes():
     assert resolve_keep(0.3, 1000) == 300
     # Exact decimals, rounded down as MEET's reference does (int(keep * n)), no float overshoot.

@@ -8,19 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.coder import (
+from meet_milvus.model.branch import ConceptBranch
+from meet_milvus.model.config import ConceptNetConfig
+from meet_milvus.model.fusion import ConceptFusion
+from meet_milvus.model.graph import ConceptGraphNetwork, normalize_adjacency
+from meet_milvus_training.coder import (
     CoderConfig,
     CoderCriterion,
     CoderOutputs,
-    ConceptBranch,
-    ConceptFusion,
-    ConceptGraphNetwork,
-    ConceptNetConfig,
     cooccurrence_graph,
     mine_concepts,
-    normalize_adjacency,
 )
-from training.coder.concepts import concept_occurrence
+from meet_milvus_training.coder.concepts import concept_occurrence
+
+pytestmark = pytest.mark.unit
 
 CAPTIONS = [
     "A man riding a red bike down the street.",

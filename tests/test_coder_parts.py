@@ -9,19 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.coder import (
+from meet_milvus.model.fusion import fuse, fused_similarity
+from meet_milvus_training.coder import (
     DiversityContrastiveLoss,
     EmbeddingQueue,
     MomentumEncoder,
     OnlineClusterer,
     diversity_weights,
     ema_update,
-    fuse,
-    fused_similarity,
     momentum_copy,
     sinkhorn,
     spherical_kmeans,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:

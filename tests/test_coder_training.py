@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError
-from training import load_checkpoint
-from training.coder.config import CoderConfig
-from training.config import TrainConfig
-from training.trainer import train
+from meet_milvus.model import load_checkpoint
+from meet_milvus_training.coder.config import CoderConfig
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.trainer import train
+
+pytestmark = pytest.mark.integration
 
 SMALL = dict(
     data_name="demo", embed_size=32, batch_size=32, kmeans_iters=3, K=4, seed=0, num_epochs=2

@@ -7,6 +7,8 @@ import pytest
 from meet_milvus.config import load_settings, redact_uri
 from meet_milvus.errors import MeetError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):

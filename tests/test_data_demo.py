@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loaders.demo import Renderer, partition_stamps, plan_split
-from loaders.precomp import load_split
-from loaders.stamps import fetch_package, load_stamps, noun_phrase, plural_noun
 from meet_milvus.cli import cli
 from meet_milvus.errors import MeetError
+from meet_milvus_loaders.demo import Renderer, partition_stamps, plan_split
+from meet_milvus_loaders.precomp import load_split
+from meet_milvus_loaders.stamps import fetch_package, load_stamps, noun_phrase, plural_noun
 from tests.plugins.data import DEMO_SIZES
 
 
@@ -26,6 +26,7 @@ def stamps(demo_data):
     return load_stamps(fetch_package(demo_data.cache_dir))
 
 
+@pytest.mark.integration
 def test_demo_splits_have_coco_shape(demo_data):
     for split, n in DEMO_SIZES.items():
         s = load_split(demo_data.data_dir, "demo", split)
@@ -39,6 +40,7 @@ def test_demo_splits_have_coco_shape(demo_data):
         assert np.isfinite(feats).all() and feats.std() > 0
 
 
+@pytest.mark.integration
 def test_dev_and_test_stamps_never_occur_in_training(demo_data, stamps):
     meta = json.loads((demo_data.data_dir / "demo_precomp" / "demo.json").read_text())
     by_key = {s.key: s for s in stamps}
@@ -52,6 +54,7 @@ def test_dev_and_test_stamps_never_occur_in_training(demo_data, stamps):
         assert used <= parts[split]
 
 
+@pytest.mark.integration
 def test_partition_is_whole_groups_and_roughly_80_10_10(stamps):
     parts = partition_stamps(stamps, seed=0)
     assert sum(len(p) for p in parts.values()) == len(stamps)
@@ -61,6 +64,7 @@ def test_partition_is_whole_groups_and_roughly_80_10_10(stamps):
     assert partition_stamps(stamps, seed=1) != parts
 
 
+@pytest.mark.integration
 def test_same_seed_same_captions_and_images(stamps):
     parts = partition_stamps(stamps, seed=3)
     a = plan_split(parts["test"], 30, seed=3, split_index=2)
@@ -73,6 +77,7 @@ def test_same_seed_same_captions_and_images(stamps):
     )
 
 
+@pytest.mark.integration
 def test_scenes_have_two_to_four_stamps_and_singles_keep_the_real_description(stamps):
     parts = partition_stamps(stamps, seed=0)
     pictures = plan_split(parts["train"], 200, seed=0, split_index=0)
@@ -89,6 +94,7 @@ def test_scenes_have_two_to_four_stamps_and_singles_keep_the_real_description(st
                     assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
 
 
+@pytest.mark.integration
 def test_excluded_categories_and_descriptions(stamps):
     keys = [s.key for s in stamps]
     assert len(stamps) > 400
@@ -138,6 +144,7 @@ def test_excluded_categories_and_descriptions(stamps):
         ("Gimel stands for gants or all. If the dreidel lands on gimel, take everything.", None),
     ],
 )
+@pytest.mark.unit
 def test_noun_phrases(description, expected):
     assert noun_phrase(description) == expected
 
@@ -157,10 +164,12 @@ def test_noun_phrases(description, expected):
         ("Beetle", "Beetles"),
     ],
 )
+@pytest.mark.unit
 def test_plural_nouns(word, plural):
     assert plural_noun(word) == plural
 
 
+@pytest.mark.integration
 def test_cli_demo_prints_the_table_and_rebuilds_byte_identical(demo_data, tmp_path):
     sizes = [f"--{split}={n}" for split, n in DEMO_SIZES.items()]
     args = ["--data-dir", str(tmp_path), "--cache-dir", str(demo_data.cache_dir)]
@@ -181,6 +190,7 @@ def test_cli_demo_prints_the_table_and_rebuilds_byte_identical(demo_data, tmp_pa
         assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
 
 
+@pytest.mark.unit
 def test_cli_errors_are_one_line(tmp_path):
     env = {**os.environ, "MEET_DATA_DIR": str(tmp_path)}
     result = subprocess.run(
@@ -201,6 +211,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.stderr == f"error: data set 'coco': no directory {tmp_path / 'coco_precomp'}\n"
 
 
+@pytest.mark.unit
 def test_failed_package_download_is_a_clear_error(tmp_path, monkeypatch):
     # An apt-get that cannot find the package even after `apt-get update` (as on a machine
     # without Debian's archive); it logs its calls so the update-then-retry path is checked.

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loaders.precomp import Split, available_splits, load_split, write_folds, write_split
 from meet_milvus.errors import MeetError
+from meet_milvus_loaders.precomp import (
+    Split,
+    available_splits,
+    load_split,
+    write_folds,
+    write_split,
+)
+
+pytestmark = pytest.mark.unit
 
 
 def _split(n_images=4, per_image=5, shape=(3, 8), dtype=np.float32, name="coco", split="test"):

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from loaders.features import GridFeatureExtractor
-from loaders.precomp import load_split, write_split
-from loaders.raw import read_karpathy, read_manifest, to_split
-from loaders.text_model import text_model_path
 from meet_milvus.cli import cli
 from meet_milvus.errors import MeetError
+from meet_milvus.model.features import GridFeatureExtractor
+from meet_milvus.model.text_model import text_model_path
+from meet_milvus_loaders.precomp import load_split, write_split
+from meet_milvus_loaders.raw import read_karpathy, read_manifest, to_split
 
 
 @pytest.fixture()
@@ -46,6 +46,7 @@ def _karpathy(tmp_path, photos):
     return path
 
 
+@pytest.mark.integration
 def test_karpathy_splits(tmp_path, photos):
     path = _karpathy(tmp_path, photos)
     train = read_karpathy(path, photos, "train")
@@ -56,6 +57,7 @@ def test_karpathy_splits(tmp_path, photos):
     assert len(read_karpathy(path, photos, "test", max_captions=None).captions[0]) == 6
 
 
+@pytest.mark.integration
 def test_karpathy_bad_input(tmp_path, photos):
     path = _karpathy(tmp_path, photos)
     with pytest.raises(MeetError, match="unknown split 'val'"):
@@ -71,6 +73,7 @@ def test_karpathy_bad_input(tmp_path, photos):
         read_karpathy(path, photos, "train")
 
 
+@pytest.mark.integration
 def test_jsonl_and_csv_manifests(photos):
     jsonl = photos / "pairs.jsonl"
     jsonl.write_text(
@@ -101,6 +104,7 @@ def test_jsonl_and_csv_manifests(photos):
         ("m.txt", "a.jpg x\n", "unknown manifest type"),
     ],
 )
+@pytest.mark.integration
 def test_manifest_bad_input(photos, name, text, problem):
     path = photos / name
     path.write_text(text)
@@ -108,6 +112,7 @@ def test_manifest_bad_input(photos, name, text, problem):
         read_manifest(path)
 
 
+@pytest.mark.integration
 def test_features_cached_by_content(demo_data, photos, tmp_path):
     cache = tmp_path / "cache"
     fx = GridFeatureExtractor(device="cpu", cache_dir=cache)
@@ -129,6 +134,7 @@ def test_features_cached_by_content(demo_data, photos, tmp_path):
         np.testing.assert_allclose(fx.extract_images([im]), feats[:1], rtol=2e-3, atol=1e-3)
 
 
+@pytest.mark.integration
 def test_unreadable_image(photos):
     bad = photos / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
@@ -139,6 +145,7 @@ def test_unreadable_image(photos):
         fx.extract([photos / "gone.jpg"], progress=False)
 
 
+@pytest.mark.integration
 def test_manifest_to_precomp(demo_data, photos, tmp_path):
     jsonl = photos / "pairs.jsonl"
     jsonl.write_text(
@@ -155,6 +162,7 @@ def test_manifest_to_precomp(demo_data, photos, tmp_path):
     assert [os.path.basename(p) for p in back.image_paths] == ["a.jpg", "b.jpg"]
 
 
+@pytest.mark.integration
 def test_cli_import_karpathy_then_folds(demo_data, photos, tmp_path):
     path = _karpathy(tmp_path, photos)
     args = [
@@ -193,6 +201,7 @@ def test_cli_import_karpathy_then_folds(demo_data, photos, tmp_path):
     ]
 
 
+@pytest.mark.unit
 def test_text_model_is_offline_minilm(tmp_path):
     from transformers import AutoConfig
 

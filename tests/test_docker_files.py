@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml  # pyyaml, in the `dev` extra
 
+pytestmark = pytest.mark.unit
+
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
 

@@ -17,6 +17,8 @@ from meet_milvus.evaluation import (
     recall_from_similarity,
 )
 
+pytestmark = pytest.mark.unit
+
 # Three images, six captions, a variable number per image: c0,c1 -> i0; c2 -> i1; c3,c4,c5 -> i2.
 CAPTION_IMAGE = np.array([0, 0, 1, 2, 2, 2])
 SIMS = np.array(

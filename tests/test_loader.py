@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from loaders.milvus_loader import load, neighbour_stats, split_items, write_gallery
-from meet_milvus import collections as cols
+from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.errors import MeetError
 from meet_milvus.server import connect
+from meet_milvus_loaders.milvus_loader import load, neighbour_stats, split_items, write_gallery
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def client(runtime_settings):
 
 @pytest.fixture(scope="module")
 def demo_items(runtime_settings, demo_checkpoint):
-    from loaders.milvus_loader import encode_split
-    from loaders.precomp import load_split
-    from training import load_checkpoint
+    from meet_milvus.model import load_checkpoint
+    from meet_milvus_loaders.milvus_loader import encode_split
+    from meet_milvus_loaders.precomp import load_split
 
     model = load_checkpoint(demo_checkpoint, "cpu")
     split = load_split(runtime_settings.data_dir, "demo", "test")
@@ -35,6 +35,7 @@ def _write(client, name, model, items, **kw):
     )  # fmt: skip
 
 
+@pytest.mark.unit
 def test_neighbour_stats_are_each_items_top_similarities():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((7, 5)), rng.standard_normal((11, 5))
@@ -44,6 +45,7 @@ def test_neighbour_stats_are_each_items_top_similarities():
     assert neighbour_stats(a, b, k=50).shape == (7, 11)  # k capped at what exists
 
 
+@pytest.mark.integration
 def test_load_writes_every_row_once_and_verifies_counts(
     demo_gallery, client, runtime_settings, demo_checkpoint
 ):
@@ -67,6 +69,7 @@ def test_load_writes_every_row_once_and_verifies_counts(
     assert report.lines()[0].startswith(f"gallery '{demo_gallery}'")
 
 
+@pytest.mark.integration
 def test_resume_refusal_and_drop_on_one_gallery(client, demo_items):
     model, _split, items = demo_items
     name = "t_work"
@@ -102,6 +105,7 @@ def test_resume_refusal_and_drop_on_one_gallery(client, demo_items):
     assert report.final == report.expected
 
 
+@pytest.mark.unit
 def test_layout_follows_the_server_version():
     assert cols.Layout.for_version("v2.3.5-lite").kind == "split"
     assert cols.Layout.for_version("v2.4.13").kind == "multi"
@@ -119,6 +123,7 @@ def test_layout_follows_the_server_version():
     ]
 
 
+@pytest.mark.integration
 def test_bad_names_and_missing_checkpoints_are_clear(runtime_settings, tmp_path):
     with pytest.raises(MeetError, match="collection name 'bad-name'"):
         load(runtime_settings, "bad-name")

@@ -6,6 +6,8 @@ import pytest
 from meet_milvus.errors import MeetError
 from meet_milvus.rerank import Reranker, complementarity, consistency, reverse_ranks
 
+pytestmark = pytest.mark.unit
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)

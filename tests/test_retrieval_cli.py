@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 from meet_milvus.cli import cli
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def flags(cli_flags):

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from loaders.milvus_loader import encode_split, split_items, write_gallery
-from loaders.precomp import load_split
 from meet_milvus import MeetSearcher
 from meet_milvus.errors import MeetError
 from meet_milvus.results import Hit
+from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
+from meet_milvus_loaders.precomp import load_split
 
 
+@pytest.mark.integration
 def test_text_search_returns_typed_image_hits(searcher, split):
     hits = searcher.search(split.captions[0], k=5)
     assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)
@@ -20,6 +21,7 @@ def test_text_search_returns_typed_image_hits(searcher, split):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+@pytest.mark.integration
 def test_exact_search_matches_numpy(runtime_settings, demo_gallery, searcher, split):
     exact = MeetSearcher(
         demo_gallery, settings=runtime_settings, hash=False, pq=False, rerank=False
@@ -30,6 +32,7 @@ def test_exact_search_matches_numpy(runtime_settings, demo_gallery, searcher, sp
     assert [[h.id for h in row] for row in got] == expected.tolist()
 
 
+@pytest.mark.integration
 def test_batches_and_diagnostics(searcher, split):
     batch = searcher.search(split.captions[:3], k=3, diagnostics=True)
     assert len(batch) == 3 and all(len(row) == 3 for row in batch)
@@ -41,6 +44,7 @@ def test_batches_and_diagnostics(searcher, split):
     assert searcher.search([], k=3) == []
 
 
+@pytest.mark.integration
 def test_client_hamming_and_chunked_batches_give_the_same_hits(
     runtime_settings, demo_gallery, searcher, split, monkeypatch
 ):
@@ -60,6 +64,7 @@ def test_client_hamming_and_chunked_batches_give_the_same_hits(
     assert [[h.id for h in row] for row in chunked] == expected
 
 
+@pytest.mark.integration
 def test_image_search_by_path_and_by_features(searcher, split):
     by_path = searcher.search_image(split.image_paths[0], k=5)
     assert all(h.modality == "text" and h.source in split.captions for h in by_path)
@@ -69,6 +74,7 @@ def test_image_search_by_path_and_by_features(searcher, split):
     assert len(batch) == 2 and [h.id for h in batch[0]] == [h.id for h in by_features[:2]]
 
 
+@pytest.mark.integration
 def test_bad_queries_get_one_clear_line(searcher, split):
     for text in ("", "   \n"):
         with pytest.raises(MeetError, match="query 0: the text is empty"):
@@ -85,6 +91,7 @@ def test_bad_queries_get_one_clear_line(searcher, split):
     assert len(hits) == 2
 
 
+@pytest.mark.integration
 def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher, demo_checkpoint):
     with pytest.raises(MeetError, match="collection 't_nothing': not found.*t_demo"):
         MeetSearcher("t_nothing", checkpoint=demo_checkpoint, settings=runtime_settings)
@@ -100,17 +107,20 @@ def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher,
         MeetSearcher("t_foreign", checkpoint=demo_checkpoint, settings=runtime_settings)
 
 
+@pytest.mark.integration
 def test_a_silent_milvus_is_named(runtime_settings, demo_checkpoint):
     with pytest.raises(MeetError, match="127.0.0.1:9"):
         MeetSearcher("t_demo", checkpoint=demo_checkpoint, uri="http://127.0.0.1:9",
                      settings=runtime_settings)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_bad_search_settings_are_named(runtime_settings, demo_gallery):
     with pytest.raises(MeetError, match="search setting 'alhpa'"):
         MeetSearcher(demo_gallery, settings=runtime_settings, alhpa=0.3)
 
 
+@pytest.mark.unit
 def test_importing_the_package_stays_light():
     code = "import sys, meet_milvus; print('pymilvus' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -95,6 +95,7 @@ def _connect_error(host: str, port: int) -> type[BaseException] | None:
 # -- the network ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_only_loopback_reaches_the_server(secured):
     state = _state(secured)
     assert state["network"] == "isolated"
@@ -118,6 +119,7 @@ def test_only_loopback_reaches_the_server(secured):
             connect(remote, timeout=3)
 
 
+@pytest.mark.integration
 def test_unauthenticated_access_is_refused(secured):
     for token in ("", "root:wrong", "root:Milvus", "nobody:nothing"):
         with pytest.raises(MeetError, match=r"^Milvus at \S+: authentication refused"):
@@ -131,6 +133,7 @@ def test_unauthenticated_access_is_refused(secured):
         opener.open(f"http://127.0.0.1:{secured.embedded_port}/v1/vector/collections", timeout=5)
 
 
+@pytest.mark.integration
 def test_files_under_the_milvus_dir_are_private(secured):
     connect(secured).create_collection("private_rows", dimension=4)  # Milvus writes data files
     connect(secured).insert("private_rows", [{"id": 1, "vector": [0.0, 1.0, 2.0, 3.0]}])
@@ -148,6 +151,7 @@ def test_files_under_the_milvus_dir_are_private(secured):
     assert stat.S_IMODE((secured.milvus_dir / "credentials.json").stat().st_mode) == 0o600
 
 
+@pytest.mark.unit
 def test_a_milvus_dir_from_before_is_made_private(tmp_path):
     settings = embedded_settings(tmp_path)
     old = settings.milvus_dir / "logs" / "milvus.log"
@@ -164,6 +168,7 @@ def test_a_milvus_dir_from_before_is_made_private(tmp_path):
 # -- housekeeping -----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_log_honours_the_level_and_rotates_by_size(secured):
     log = secured.milvus_dir / "logs" / "milvus.log"
     rotated = sorted(log.parent.glob("milvus.log.*"))
@@ -185,6 +190,7 @@ def test_log_honours_the_level_and_rotates_by_size(secured):
     assert "client register" not in added and "received request to list databases" not in added
 
 
+@pytest.mark.integration
 def test_dropped_collection_leaves_the_disk(secured):
     client = connect(secured)
     client.create_collection("short_lived", dimension=8)
@@ -221,6 +227,7 @@ def _cli(args: list[str], settings: Settings, **env: str) -> subprocess.Complete
     )
 
 
+@pytest.mark.integration
 def test_rotate_credentials_and_no_secret_shows(secured):
     old = _password(secured)
     done = _cli(["server", "rotate-credentials"], secured)
@@ -265,6 +272,7 @@ def test_rotate_credentials_and_no_secret_shows(secured):
             assert old.encode() not in content and new.encode() not in content, path
 
 
+@pytest.mark.integration
 def test_kill_9_leaves_nothing_a_restart_does_not_clean(secured):
     state = _state(secured)
     supervisor, milvus = state["pid"], state["milvus_pid"]
@@ -291,6 +299,7 @@ def test_kill_9_leaves_nothing_a_restart_does_not_clean(secured):
     assert not any(p.exists() for p in pid_files)
 
 
+@pytest.mark.integration
 def test_host_network_still_needs_the_credential(tmp_path):
     # Where no network namespace can be made, embedded_network = "host" is the way out:
     # Milvus listens on all interfaces then, its authentication still on.

@@ -31,6 +31,7 @@ def _ids(hits):
     return [h["id"] if isinstance(h, dict) else h.id for h in hits]
 
 
+@pytest.mark.integration
 def test_text_search_answers_with_the_searchers_hits(client, searcher, split):
     response = client.post("/api/search", json={"text": split.captions[0], "k": 5})
     assert response.status_code == 200, response.text
@@ -45,6 +46,7 @@ def test_text_search_answers_with_the_searchers_hits(client, searcher, split):
     assert body["hits"][0]["stages"] is None
 
 
+@pytest.mark.integration
 def test_switches_change_one_request_not_the_server(client, searcher, split):
     def stages(**switches):
         response = client.post("/api/search", json={"text": split.captions[1], "k": 3,
@@ -59,6 +61,7 @@ def test_switches_change_one_request_not_the_server(client, searcher, split):
     assert stages() == [["hash", "pq", "dense", "rerank"]] * 3
 
 
+@pytest.mark.integration
 def test_bad_requests_get_a_json_error_with_a_status(client):
     def error(status, **body):
         response = client.post("/api/search", json=body)
@@ -81,6 +84,7 @@ def test_bad_requests_get_a_json_error_with_a_status(client):
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
 
 
+@pytest.mark.integration
 def test_gallery_images_are_served_by_id_from_results_only(searcher, split):
     with TestClient(create_app(searcher)) as fresh:
         first = fresh.get("/api/images/0")  # in the gallery, but no result has named it yet
@@ -113,6 +117,7 @@ class Spy:
         return self.inner.search_image(path, k=k, diagnostics=diagnostics)
 
 
+@pytest.mark.integration
 def test_an_uploaded_image_finds_captions_via_a_private_temp_file(
     searcher, split, tmp_path, monkeypatch
 ):
@@ -141,6 +146,7 @@ def test_an_uploaded_image_finds_captions_via_a_private_temp_file(
     assert len(spy.seen) == 1 and list(tmp_path.iterdir()) == []  # removed after each query
 
 
+@pytest.mark.integration
 def test_uploads_that_are_not_images_or_too_big_are_refused(searcher, tmp_path):
     png = tmp_path / "big.png"
     Image.effect_noise((60, 60), 64).save(png)  # noise: about 4 KB, over a 2 KB limit
@@ -171,6 +177,7 @@ def test_uploads_that_are_not_images_or_too_big_are_refused(searcher, tmp_path):
         assert response.json()["error"] == "upload larger than 1.95 KB"
 
 
+@pytest.mark.integration
 def test_info_page_and_openapi(client, demo_gallery, searcher):
     info = client.get("/api/info").json()
     assert info["collection"] == demo_gallery and info["config"] == searcher.config.model_dump()
@@ -182,6 +189,7 @@ def test_info_page_and_openapi(client, demo_gallery, searcher):
     assert {"/api/search", "/api/search/image", "/api/images/{item_id}"} <= set(paths)
 
 
+@pytest.mark.unit
 def test_every_switch_is_a_search_setting():
     assert set(Switches.model_fields) <= set(SearchConfig.model_fields)
 
@@ -191,6 +199,7 @@ def test_every_switch_is_a_search_setting():
 MAIN = [sys.executable, "-c", "from meet_milvus.cli import main; main()"]
 
 
+@pytest.mark.unit
 def test_a_port_in_use_is_one_line_before_any_loading():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -205,6 +214,7 @@ def test_a_port_in_use_is_one_line_before_any_loading():
     ]
 
 
+@pytest.mark.integration
 def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_gallery, split):
     s = runtime_settings
     cmd = [*MAIN, "--uri", s.milvus_uri, "--data-dir", str(s.data_dir), "--cache-dir",
@@ -237,6 +247,7 @@ def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_galler
 NO_BROWSER = chromium_missing()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(NO_BROWSER is not None, reason=f"browser test: {NO_BROWSER}")
 def test_the_page_in_headless_chromium(searcher, split):
     with serving(create_app(searcher)) as url, chromium_page() as page:
@@ -265,6 +276,7 @@ def test_the_page_in_headless_chromium(searcher, split):
         assert page.text_content("#error") == "query 0: the text is empty"
 
 
+@pytest.mark.unit
 def test_chromium_absence_is_reported_not_crashed(monkeypatch):
     from meet_milvus.web import browser
 

@@ -33,6 +33,7 @@ def _collection(client, name: str, vector_type: DataType, dim: int, rows: list[d
     client.flush(name)  # seal the segment, so that the index is really built over it
 
 
+@pytest.mark.integration
 def test_embedded_server_is_milvus_2_3_5(milvus_settings):
     client = connect(milvus_settings)
     assert server_version(client).lstrip("v").startswith("2.3.5")
@@ -41,12 +42,14 @@ def test_embedded_server_is_milvus_2_3_5(milvus_settings):
     assert found.log.is_file() and found.network == "isolated"
 
 
+@pytest.mark.integration
 def test_connect_reuses_the_running_server(milvus_settings):
     pid = EmbeddedServer(milvus_settings).status().pid
     connect(milvus_settings)
     assert EmbeddedServer(milvus_settings).status().pid == pid
 
 
+@pytest.mark.integration
 def test_bin_ivf_flat_hamming_search_is_exact(milvus_settings):
     client = connect(milvus_settings)
     codes = np.random.default_rng(0).integers(0, 256, size=(N, 8), dtype=np.uint8)
@@ -76,6 +79,7 @@ def test_bin_ivf_flat_hamming_search_is_exact(milvus_settings):
     client.drop_collection("test_bin_ivf_flat")
 
 
+@pytest.mark.integration
 def test_ivf_pq_search_uses_quantized_distances(milvus_settings):
     client = connect(milvus_settings)
     x = np.random.default_rng(1).standard_normal((N, 64)).astype(np.float32)
@@ -129,6 +133,7 @@ def _cli(args: list[str], settings, cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_server_start_status_stop(tmp_path):
     settings = embedded_settings(tmp_path / "data")
     address = f"http://127.0.0.1:{settings.embedded_port}"
@@ -177,6 +182,7 @@ def test_server_start_status_stop(tmp_path):
 # -- bad input: one line naming the thing, no traceback -----------------------------------------
 
 
+@pytest.mark.integration
 def test_uri_not_answering_is_one_line(tmp_path):
     settings = embedded_settings(tmp_path, milvus_uri="http://127.0.0.1:9")
     with pytest.raises(MeetError, match=r"^Milvus at http://127.0.0.1:9: not answering$"):
@@ -208,12 +214,14 @@ def test_uri_not_answering_is_one_line(tmp_path):
     assert len(start.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_unknown_database_is_one_line(milvus_settings):
     settings = milvus_settings.model_copy(update={"milvus_db": "no_such_db"})
     with pytest.raises(MeetError, match=r"^Milvus at http://127.0.0.1:\d+: database not found"):
         connect(settings)
 
 
+@pytest.mark.unit
 def test_port_in_use_is_refused_before_launch(tmp_path):
     with socket.socket() as busy:
         busy.bind(("", 0))
@@ -224,6 +232,7 @@ def test_port_in_use_is_refused_before_launch(tmp_path):
     assert not (settings.milvus_dir / "server.json").exists()
 
 
+@pytest.mark.integration
 def test_bad_input_never_stops_a_running_server(milvus_settings, tmp_path):
     before = EmbeddedServer(milvus_settings).status()
     assert before.running
@@ -247,6 +256,7 @@ def test_bad_input_never_stops_a_running_server(milvus_settings, tmp_path):
         assert b"session key is deleted" not in fh.read()
 
 
+@pytest.mark.unit
 def test_server_that_dies_at_start_names_its_log(tmp_path):
     settings = embedded_settings(tmp_path)
     # A file where embedded etcd wants its data directory: Milvus exits at once.

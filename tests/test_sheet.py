@@ -28,6 +28,7 @@ def _colour_count(image, colour, tolerance=12):
     return int((np.abs(pixels - np.asarray(colour)) <= tolerance).all(axis=-1).sum())
 
 
+@pytest.mark.unit
 def test_text_query_sheet_shows_every_thumbnail(tmp_path):
     out = write_sheet(tmp_path / "sheet.png", _image_hits(tmp_path), text="a red square")
     sheet = Image.open(out)
@@ -38,6 +39,7 @@ def test_text_query_sheet_shows_every_thumbnail(tmp_path):
         assert _colour_count(sheet, colour) >= 0.95 * THUMB * THUMB // 2
 
 
+@pytest.mark.unit
 def test_missing_sources_become_placeholders_and_jpeg_works(tmp_path):
     hits = _image_hits(tmp_path, 2)
     (tmp_path / "stamp1.png").unlink()
@@ -48,6 +50,7 @@ def test_missing_sources_become_placeholders_and_jpeg_works(tmp_path):
     assert _colour_count(sheet, COLOURS[1], 30) == 0
 
 
+@pytest.mark.unit
 def test_image_query_sheet_shows_the_query_beside_captions(tmp_path):
     query = tmp_path / "query.png"
     Image.new("RGBA", (100, 100), (250, 200, 0, 255)).save(query)
@@ -63,6 +66,7 @@ def test_image_query_sheet_shows_the_query_beside_captions(tmp_path):
     assert Image.open(long).height >= Image.open(short).height >= 280
 
 
+@pytest.mark.unit
 def test_bad_sheet_paths_are_one_line(tmp_path):
     with pytest.raises(MeetError, match=r"--sheet .*out\.txt: give a .png, .jpg or .webp path"):
         check_path(tmp_path / "out.txt")
@@ -80,6 +84,7 @@ def flags(cli_flags):
     return cli_flags
 
 
+@pytest.mark.integration
 def test_search_writes_a_contact_sheet(flags, demo_gallery, tmp_path):
     out = tmp_path / "results.png"
     result = CliRunner().invoke(
@@ -94,8 +99,9 @@ def test_search_writes_a_contact_sheet(flags, demo_gallery, tmp_path):
     assert len(np.unique(np.asarray(sheet.convert("RGB")).reshape(-1, 3), axis=0)) > 50
 
 
+@pytest.mark.integration
 def test_image_search_names_each_captions_image(flags, demo_gallery, runtime_settings, tmp_path):
-    from loaders.precomp import load_split
+    from meet_milvus_loaders.precomp import load_split
 
     split = load_split(runtime_settings.data_dir, "demo", "test")
     out = tmp_path / "captions.png"
@@ -114,6 +120,7 @@ def test_image_search_names_each_captions_image(flags, demo_gallery, runtime_set
     assert Image.open(out).height >= 280
 
 
+@pytest.mark.unit
 def test_a_bad_sheet_path_fails_before_searching(tmp_path):
     # Nobody listens at port 9: reaching Milvus would fail with another message.
     result = CliRunner().invoke(

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore
-from meet_milvus.collections import Gallery, GalleryMeta, Layout
 from meet_milvus.errors import MeetError
+from meet_milvus.gallery_layout import Gallery, GalleryMeta, Layout
 from meet_milvus.tier import ann_nlist, read_tier, write_tier
 
 pytestmark = pytest.mark.unit

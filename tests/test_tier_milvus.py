@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from meet_milvus import MeetSearcher
-from meet_milvus import collections as cols
+from meet_milvus import gallery_layout as cols
 from meet_milvus.server import connect
 from meet_milvus.tier import read_tier, tier_dir
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def texts(runtime_settings):
-    from loaders.precomp import load_split
+    from meet_milvus_loaders.precomp import load_split
 
     return load_split(runtime_settings.data_dir, "demo", "test").captions[:8]
 
@@ -27,7 +27,7 @@ def texts(runtime_settings):
 def test_the_load_writes_both_tiers_and_releases_the_collections(
     runtime_settings, demo_gallery, demo_checkpoint
 ):
-    from loaders.milvus_loader import load
+    from meet_milvus_loaders.milvus_loader import load
 
     client = connect(runtime_settings)
     gallery = cols.open_gallery(client, demo_gallery)

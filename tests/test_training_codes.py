@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from training.hashing import hamming, pack_codes
-from training.quantization import ProductQuantizer
-from training.vocab import UNK, Vocabulary
+from meet_milvus.model.hashing import hamming, pack_codes
+from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.vocab import UNK, Vocabulary
+
+pytestmark = pytest.mark.unit
 
 
 def test_pack_codes_is_the_contracts_packbits():

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.precomp import Split
-from training.data import PairIndex
-from training.losses import QuantizationLoss, RankingLoss, SimilarityPreservationLoss
-from training.miners import NegativeFilter, PairInfo, base_negatives
-from training.weighting import HardnessWeighting
+from meet_milvus_loaders.precomp import Split
+from meet_milvus_training.data import PairIndex
+from meet_milvus_training.losses import QuantizationLoss, RankingLoss, SimilarityPreservationLoss
+from meet_milvus_training.miners import NegativeFilter, PairInfo, base_negatives
+from meet_milvus_training.weighting import HardnessWeighting
+
+pytestmark = pytest.mark.unit
 
 # Rows: images, columns: captions, positives on the diagonal. With margin 0.2 the hinge costs
 # are, for image anchors (rows): row0 [., 0, .1], row1 [0, ., 0], row2 [.15, .4, .];

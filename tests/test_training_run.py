@@ -11,14 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loaders.precomp import Split, load_split, write_split
 from meet_milvus.config import load_settings
 from meet_milvus.errors import MeetError
-from training import Encoded, MeetModel, ModelConfig, load_checkpoint
-from training.cli import main
-from training.config import TrainConfig
-from training.quantization import ProductQuantizer
-from training.trainer import train
+from meet_milvus.model import Encoded, MeetModel, ModelConfig, load_checkpoint
+from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus_loaders.precomp import Split, load_split, write_split
+from meet_milvus_training.cli import main
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.trainer import train
+
+pytestmark = pytest.mark.integration
 
 # Small and fast: the contract's code sizes with a narrow joint space and few k-means steps.
 TINY = dict(embed_size=64, attn_dim=32, pool_heads=2, batch_size=32, kmeans_iters=3, num_epochs=2)
@@ -142,8 +144,8 @@ def test_raw_image_files_encode_like_their_features(model, dev):
 
 
 def test_cached_token_states_encode_like_the_live_transformer(trained, settings, dev):
-    from training.checkpoint import load_network
-    from training.text_cache import TokenStateCache
+    from meet_milvus.model.checkpoint import load_network
+    from meet_milvus_training.text_cache import TokenStateCache
 
     net, quantizer, config = load_network(trained.checkpoint)
     cache = TokenStateCache.build(

@@ -1,31 +1,6 @@
-"""MEET training: encoders, hash heads, product quantization and the redundancy-aware objective.
+"""MEET training (`meet-train`): objectives, losses, the trainer, checkpoints written.
 
-The runtime imports only the checkpoint API from here; it is loaded on first use so that
-`import training` stays cheap.
+Installed as `meet_milvus_training` (the folder is `training/`). It builds on the runtime's model
+(`meet_milvus.model`: encoders, hash heads, PQ, reading checkpoints) and on the loaders; nothing
+but its own CLI imports it.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from training.checkpoint import load_checkpoint
-    from training.config import ModelConfig
-    from training.model import Encoded, MeetModel
-
-__all__ = ["Encoded", "MeetModel", "ModelConfig", "load_checkpoint"]
-
-_WHERE = {
-    "load_checkpoint": "training.checkpoint",
-    "ModelConfig": "training.config",
-    "Encoded": "training.model",
-    "MeetModel": "training.model",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'training' has no attribute {name!r}")

@@ -8,10 +8,14 @@ Every configuration trains from the same seed with the same other hyper-paramete
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from meet_milvus.config import Settings
-from training.config import TrainConfig
+from meet_milvus.errors import DataSetError
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.evaluate import rsums
+from meet_milvus_training.trainer import train
 
 CONFIGURATIONS: list[tuple[str, str, dict[str, bool]]] = [
     ("1-rank", "(1) ranking loss only", dict(lf=False, lq=False, filter=False, reweight=False)),
@@ -62,32 +66,49 @@ def run_ablation(
     """Train the four configurations under `output` (default {data_dir}/checkpoints/
     {data_name}-ablation/), write the table to {data_dir}/results/ablation_{data_name}.md and
     return it."""
-    from training.evaluate import rsums
-    from training.trainer import train
-
     root = (
         Path(output)
         if output
         else Path(settings.data_dir) / "checkpoints" / (f"{config.data_name}-ablation")
     )
+    runs = [(slug, name, config.model_copy(update=sw)) for slug, name, sw in CONFIGURATIONS]
+    text = table(train_runs(runs, settings, root, progress, log), config)
+    return write_result(settings, f"ablation_{config.data_name}.md", text, log)
+
+
+def train_runs(
+    runs: list[tuple[str, str, TrainConfig]],
+    settings: Settings,
+    root: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Train every (slug, row name, config) under root/slug; per run a row of its best
+    checkpoint's test rSums (name, dense, hash, pq), whether it has codes, its schedule and
+    its time."""
     rows = []
-    for slug, name, switches in CONFIGURATIONS:
+    for slug, name, run in runs:
         log(f"== {name}")
         t0 = time.perf_counter()
-        result = train(
-            config.model_copy(update=switches),
-            settings,
-            output=root / slug,
-            progress=progress,
-            log=log,
-        )
+        result = train(run, settings, output=root / slug, progress=progress, log=log)
         if result.test is None:
-            from meet_milvus.errors import MeetError
+            raise DataSetError(f"data set {run.data_name!r}: no test split to report")
+        rows.append(
+            {
+                "name": name,
+                **rsums(result.test),
+                "codes": run.objective != "coder",  # CODER trains no code heads
+                "epochs": run.num_epochs,
+                "embed": run.embed_size,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    return rows
 
-            raise MeetError(f"data set {config.data_name!r}: no test split to report")
-        rows.append({"name": name, **rsums(result.test), "seconds": time.perf_counter() - t0})
-    text = table(rows, config)
-    out = Path(settings.data_dir) / "results" / f"ablation_{config.data_name}.md"
+
+def write_result(settings: Settings, filename: str, text: str, log: Callable[[str], None]) -> str:
+    """`text` into {data_dir}/results/`filename`, logged; returns it."""
+    out = Path(settings.data_dir) / "results" / filename
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(text)

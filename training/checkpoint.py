@@ -1,52 +1,35 @@
-"""Checkpoint directories: safetensors weights and codebooks, a JSON config, nothing pickled.
+"""Writing checkpoint directories (the reader is meet_milvus.model.checkpoint, whose format
+notes apply) and a resumable run's state:
 
-config.json          ModelConfig: dims, encoders, codes, every hyper-parameter, fingerprint
-model.safetensors    network weights (a frozen transformer is not copied: its path and hash
-                     are in the config)
-codebooks.safetensors  "codebooks" (M, 2**K, H // M) float32
-vocab.json           BiGRU word list (bigru only)
 optimizer.safetensors, objective.safetensors, trainer.json
                      only in a resumable run's `last/` directory
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from meet_milvus.errors import MeetError
-from training.config import FORMAT_VERSION, ModelConfig
-from training.model import MeetModel
-from training.network import TRANSFORMER_PREFIX, MeetNet, build_net
-from training.quantization import ProductQuantizer
-from training.text_model import default_text_model, resolve_text_model, text_model_sha
-from training.vocab import Vocabulary
+from meet_milvus.errors import CheckpointError
+from meet_milvus.model.checkpoint import (
+    CODEBOOKS,
+    CONFIG,
+    VOCAB,
+    WEIGHTS,
+    fingerprint,
+    load_tensors,
+)
+from meet_milvus.model.config import ModelConfig
+from meet_milvus.model.network import MeetNet
+from meet_milvus.model.quantization import ProductQuantizer
 
-CONFIG, WEIGHTS, VOCAB = "config.json", "model.safetensors", "vocab.json"
-CODEBOOKS = "codebooks.safetensors"
 OPTIMIZER, OBJECTIVE, TRAINER = "optimizer.safetensors", "objective.safetensors", "trainer.json"
-
-
-def fingerprint(weights: dict[str, Tensor], codebooks: Tensor, text_model_sha: str | None) -> str:
-    """sha256 (first 16 hex) of every weight and codeword (names, dtypes, shapes, bytes), plus the
-    hash of a frozen text model, whose weights are part of the model without being copied."""
-    h = hashlib.sha256()
-    items = sorted(weights.items()) + [("__codebooks__", codebooks)]
-    for name, t in items:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update((text_model_sha or "").encode())
-    return h.hexdigest()[:16]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -74,108 +57,6 @@ def save_checkpoint(
     # The config goes last: a directory with a config.json is complete.
     _atomic_write(path / CONFIG, lambda p: p.write_text(config.model_dump_json(indent=2)))
     return config
-
-
-def read_config(path: str | Path) -> ModelConfig:
-    path = Path(path)
-    if not path.exists():
-        raise MeetError(f"checkpoint {path}: no such directory")
-    if not path.is_dir():
-        raise MeetError(f"checkpoint {path}: not a directory")
-    file = path / CONFIG
-    if not file.is_file():
-        raise MeetError(f"checkpoint {path}: {CONFIG} missing (not a MEET checkpoint)")
-    try:
-        raw = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MeetError(f"checkpoint {file}: unreadable ({e})") from None
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
-        raise MeetError(
-            f"checkpoint {path}: format version {version}, this meet-milvus reads {FORMAT_VERSION}"
-        )
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise MeetError(f"checkpoint {file}: field {where!r}: {err['msg']}") from None
-
-
-def _load_tensors(file: Path) -> dict[str, Tensor]:
-    if not file.is_file():
-        raise MeetError(f"checkpoint {file.parent}: {file.name} missing")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as e:
-        raise MeetError(f"checkpoint {file}: unreadable ({e})") from None
-
-
-def _text_model_for(config: ModelConfig, path: Path) -> str | None:
-    """The frozen/initial text model's directory: as recorded, else the default offline model if
-    it is the same model (paths differ between machines)."""
-    if config.text_encoder != "bert":
-        return None
-    for candidate in (config.text_model, default_text_model()):
-        if candidate and Path(candidate).is_dir():
-            p = resolve_text_model(candidate)
-            if config.text_finetune or text_model_sha(p) == config.text_model_sha:
-                return str(p)
-    raise MeetError(
-        f"checkpoint {path}: its text model {config.text_model} is missing (no model with hash "
-        f"{(config.text_model_sha or '')[:12]} found)"
-    )
-
-
-def load_network(
-    path: str | Path, device: str = "cpu"
-) -> tuple[MeetNet, ProductQuantizer, ModelConfig]:
-    """The network, quantizer and config of a checkpoint directory, on `device`."""
-    path = Path(path)
-    config = read_config(path)
-    weights = _load_tensors(path / WEIGHTS)
-    codebooks = _load_tensors(path / CODEBOOKS).get("codebooks")
-    if codebooks is None:
-        raise MeetError(f"checkpoint {path}: {CODEBOOKS} holds no 'codebooks'")
-    sha = config.text_model_sha if not config.text_finetune else None
-    if fingerprint(weights, codebooks, sha) != config.fingerprint:
-        raise MeetError(f"checkpoint {path}: weights do not match the config's fingerprint")
-    vocab = None
-    if config.text_encoder == "bigru":
-        vocab_file = path / VOCAB
-        if not vocab_file.is_file():
-            raise MeetError(f"checkpoint {path}: {VOCAB} missing")
-        try:
-            vocab = Vocabulary(json.loads(vocab_file.read_text()))
-        except (ValueError, TypeError) as e:
-            raise MeetError(f"checkpoint {vocab_file}: not a vocabulary ({e})") from None
-    text_model = _text_model_for(config, path)
-    if text_model:
-        config = config.model_copy(update={"text_model": text_model})
-    net = build_net(config, vocab)
-    missing, unexpected = net.load_state_dict(weights, strict=False)
-    frozen = config.text_encoder == "bert" and not config.text_finetune
-    missing = [k for k in missing if not (frozen and k.startswith(TRANSFORMER_PREFIX))]
-    if missing or unexpected:
-        raise MeetError(
-            f"checkpoint {path}: weights do not fit the model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    try:
-        quantizer = ProductQuantizer(config.H, config.M, config.K, codebooks)
-    except ValueError as e:
-        raise MeetError(f"checkpoint {path}: {e}") from None
-    return net.to(device), quantizer.to(device), config
-
-
-def load_checkpoint(path: str | Path, device: str = "auto") -> MeetModel:
-    """A trained MEET model ready to encode; `device` "auto" picks cuda when present."""
-    from meet_milvus.config import resolve_device
-
-    device = resolve_device(device)
-    net, quantizer, config = load_network(path, device)
-    net.eval()
-    return MeetModel(net, quantizer, config, device, source=Path(path))
 
 
 # Resumable training state: optimizer tensors in safetensors, everything else in JSON.
@@ -207,9 +88,9 @@ def load_training_state(
     """Restores the optimizer and objective in place; returns the trainer's JSON state."""
     file = path / TRAINER
     if not file.is_file():
-        raise MeetError(f"resume {path}: {TRAINER} missing (not a resumable run directory)")
+        raise CheckpointError(f"resume {path}: {TRAINER} missing (not a resumable run directory)")
     body = json.loads(file.read_text())
-    tensors = _load_tensors(path / OPTIMIZER)
+    tensors = load_tensors(path / OPTIMIZER)
     state: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *body.pop("scalars").items()]:
         idx, name = key.split(".", 1)
@@ -218,9 +99,11 @@ def load_training_state(
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
-        raise MeetError(f"resume {path}: optimizer state does not fit this model ({e})") from None
+        raise CheckpointError(
+            f"resume {path}: optimizer state does not fit this model ({e})"
+        ) from None
     try:
-        objective.load_state_dict(_load_tensors(path / OBJECTIVE))
+        objective.load_state_dict(load_tensors(path / OBJECTIVE))
     except RuntimeError as e:
-        raise MeetError(f"resume {path}: objective state does not fit ({e})") from None
+        raise CheckpointError(f"resume {path}: objective state does not fit ({e})") from None
     return body

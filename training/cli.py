@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.errors import MeetError
-from training.coder.options import coder_options, coder_values
-from training.config import TrainConfig
+from meet_milvus.config import load_settings
+from meet_milvus.errors import MeetError, ParameterError
+from meet_milvus_training.coder.options import coder_options, coder_values
+from meet_milvus_training.config import TrainConfig
 
 # Flags that map one-to-one onto TrainConfig fields (name, type, help).
 _FIELDS: list[tuple[str, type | click.ParamType, str]] = [
@@ -105,8 +106,6 @@ def _options(f):
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def train_command(output, resume, ablation, device, config_file, data_dir, cache_dir, quiet, **kw):
     """Train MEET: encoders, 64-bit hash heads and 8x8-bit PQ codes on a precomp data set."""
-    from meet_milvus.config import load_settings
-
     settings = load_settings(config_file, data_dir=data_dir, cache_dir=cache_dir, device=device)
     coder = coder_values(kw)
     values = {name: kw[name] for name, _, _ in _FIELDS if kw[name] is not None}
@@ -125,7 +124,7 @@ def train_command(output, resume, ablation, device, config_file, data_dir, cache
         values["text_model"] = str(settings.text_model)
 
     if resume is not None:
-        from training.trainer import resumed_config
+        from meet_milvus_training.trainer import resumed_config
 
         # The saved run defines the model; only how long and how to run may change.
         runtime = {k: values.get(k) for k in ("num_epochs", "workers")}
@@ -135,16 +134,16 @@ def train_command(output, resume, ablation, device, config_file, data_dir, cache
 
     progress = not quiet
     if ablation and config.objective == "coder":
-        from training.coder.ablation import run_coder_ablation
+        from meet_milvus_training.coder.ablation import run_coder_ablation
 
         run_coder_ablation(config, settings, output=output, progress=progress)
         return
     if ablation:
-        from training.ablation import run_ablation
+        from meet_milvus_training.ablation import run_ablation
 
         run_ablation(config, settings, output=output, progress=progress)
         return
-    from training.trainer import train
+    from meet_milvus_training.trainer import train
 
     result = train(config, settings, output=output, resume=resume, progress=progress)
     b = result.best
@@ -164,7 +163,7 @@ def _config(values: dict) -> TrainConfig:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        raise MeetError(f"--{loc}: {msg}" if loc else msg) from None
+        raise ParameterError(f"--{loc}: {msg}" if loc else msg) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Hyper-parameters: a training run (TrainConfig) and what a checkpoint holds (ModelConfig)."""
+"""Hyper-parameters of a training run (TrainConfig); a checkpoint's own config is
+meet_milvus.model.config.ModelConfig."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.coder.config import CoderConfig, ConceptNetConfig
-
-FORMAT_VERSION = 1
+from meet_milvus_training.coder.config import CoderConfig
 
 
 class TrainConfig(BaseModel):
@@ -87,28 +86,3 @@ class TrainConfig(BaseModel):
         if self.H % self.M:
             raise ValueError(f"H={self.H} must be divisible by M={self.M}")
         return self
-
-
-class ModelConfig(BaseModel):
-    """A checkpoint's config.json: dims, encoders, codes and the run's config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = FORMAT_VERSION
-    fingerprint: str = ""
-    H: int
-    M: int
-    K: int
-    embed_dim: int
-    feature_dim: int
-    text_encoder: Literal["bigru", "bert"]
-    text_model: str | None = None  # path of the BERT-family model (frozen weights live there)
-    text_model_sha: str | None = None  # content hash of that model's weights
-    text_finetune: bool = False
-    vocab_size: int | None = None
-    max_text_len: int
-    epoch: int = 0
-    scores: dict[str, float] = Field(default_factory=dict)  # dev rSums of this checkpoint
-    # CODER's concept branch; embed_dim is then the fused (instance + concept) size.
-    coder: ConceptNetConfig | None = None
-    train: TrainConfig

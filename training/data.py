@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from meet_milvus.errors import MeetError
-from training.miners import PairInfo
-
-if TYPE_CHECKING:
-    from loaders.precomp import Split
-
-TextBatcher = Callable[[list[str]], dict[str, Tensor]]
+from meet_milvus.errors import DataSetError
+from meet_milvus.model.meet_model import TextBatcher
+from meet_milvus_loaders.precomp import Split, load_split
+from meet_milvus_training.miners import PairInfo
 
 
 def normalise_caption(text: str) -> str:
@@ -27,12 +22,10 @@ def normalise_caption(text: str) -> str:
 
 
 def load(data_dir: Path, name: str, split: str) -> Split:
-    """A split through loaders.precomp, refusing an empty one."""
-    from loaders.precomp import load_split
-
+    """A split through meet_milvus_loaders.precomp, refusing an empty one."""
     data = load_split(Path(data_dir), name, split)
     if data.n_images == 0 or data.n_captions == 0:
-        raise MeetError(f"data set {name!r} split {split!r} in {data_dir}: the split is empty")
+        raise DataSetError(f"data set {name!r} split {split!r} in {data_dir}: the split is empty")
     return data
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.hashing import hamming
-from training.model import Encoded
-from training.quantization import ProductQuantizer
+from meet_milvus.evaluation import recall_from_similarity
+from meet_milvus.model.hashing import hamming
+from meet_milvus.model.meet_model import Encoded
+from meet_milvus.model.quantization import ProductQuantizer
 
 _T2I = ("r1_t2i", "r5_t2i", "r10_t2i", "medr_t2i", "meanr_t2i")
 
@@ -21,8 +22,6 @@ def retrieval_recalls(
     pq: asymmetric distance, the continuous query head against the PQ reconstruction of the
     other modality's codes (image queries vs coded captions, caption queries vs coded images).
     """
-    from meet_milvus.evaluation import recall_from_similarity
-
     cb = torch.from_numpy(np.asarray(codebooks, dtype=np.float32))
     pq = ProductQuantizer(cb.shape[2] * cb.shape[0], cb.shape[0], int(np.log2(cb.shape[1])), cb)
     dense = images.dense @ texts.dense.T

@@ -1,107 +1,34 @@
-"""Training objectives: an objective turns a batch's embeddings and head outputs into a loss.
-
-The trainer only knows the `Objective` interface, so another objective (issue 5: CODER) plugs in
-by subclassing it and registering a name:
-
-    @register_objective("coder")
-    class CoderObjective(Objective):
-        def __init__(self, config: TrainConfig): ...
-        def forward(self, out, batch, ctx) -> LossOutput: ...
-
-An objective is an nn.Module: its own parameters (if any) are trained with the network's, and its
-buffers are saved with a resumable run. `after_step` runs after every optimizer step (e.g. for
-momentum encoders) and `on_epoch_end` after every epoch; `configure` may extend a fresh run's
-ModelConfig before the network is built and `attach` binds to the built network.
-"""
+"""Training objectives by name (`--objective`): MEET's own, and CODER's
+(meet_milvus_training.coder.objective); the interface is meet_milvus_training.objective_base."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from meet_milvus.errors import MeetError
-from training.config import ModelConfig, TrainConfig
-from training.data import Batch
-from training.losses import QuantizationLoss, RankingLoss, SimilarityPreservationLoss
-from training.miners import NegativeFilter, kept_fraction
-from training.network import MeetNet, Outputs
-from training.quantization import ProductQuantizer
-from training.weighting import HardnessWeighting
-
-if TYPE_CHECKING:
-    from loaders.precomp import Split
-
-
-@dataclass
-class StepContext:
-    """What an objective may read besides the batch: epoch (0-based), step, net, quantizer."""
-
-    epoch: int
-    step: int
-    net: MeetNet
-    quantizer: ProductQuantizer
-
-
-@dataclass
-class LossOutput:
-    """The loss to back-propagate and its parts (plain floats, for logs)."""
-
-    total: Tensor
-    parts: dict[str, float] = field(default_factory=dict)
-
-
-class Objective(nn.Module):
-    name = "base"
-
-    def configure(self, model_config: ModelConfig, split: Split) -> ModelConfig:
-        """A fresh run's model config, before the network is built (e.g. to add parts)."""
-        return model_config
-
-    def attach(self, net: MeetNet, split: Split, fresh: bool) -> None:
-        """Called once the network exists (fresh or resumed), before the optimizer is made."""
-
-    def forward(self, out: Outputs, batch: Batch, ctx: StepContext) -> LossOutput:
-        raise NotImplementedError
-
-    def after_step(self, net: MeetNet) -> None:
-        """Called after each optimizer step."""
-
-    def on_epoch_end(self, net: MeetNet, epoch: int) -> None:
-        """Called after each epoch, before validation."""
-
-
-OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {}
-
-
-def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    def deco(cls: type[Objective]) -> type[Objective]:
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-
-    return deco
+from meet_milvus.errors import ParameterError
+from meet_milvus.model.network import Outputs
+from meet_milvus_training.coder.objective import CoderObjective
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.data import Batch
+from meet_milvus_training.losses import QuantizationLoss, RankingLoss, SimilarityPreservationLoss
+from meet_milvus_training.miners import NegativeFilter, kept_fraction
+from meet_milvus_training.objective_base import (
+    OBJECTIVES,
+    LossOutput,
+    Objective,
+    StepContext,
+    register_objective,
+)
+from meet_milvus_training.weighting import HardnessWeighting
 
 
 def build_objective(config: TrainConfig) -> Objective:
-    if config.objective not in OBJECTIVES:
-        _load_plugins()
     try:
         return OBJECTIVES[config.objective](config)
     except KeyError:
         known = ", ".join(sorted(OBJECTIVES))
-        raise MeetError(f"--objective {config.objective}: unknown (known: {known})") from None
-
-
-def _load_plugins() -> None:
-    # Objectives living in sub-packages register themselves on import.
-    try:
-        import training.coder.objective  # noqa: F401
-    except ImportError:
-        pass
+        raise ParameterError(f"--objective {config.objective}: unknown (known: {known})") from None
 
 
 @register_objective("meet")
@@ -160,3 +87,6 @@ class MeetObjective(Objective):
         logs = {k: float(v.detach()) for k, v in parts.items()}
         logs["kept"] = kept_fraction(keep_i2t, batch.image_ids)
         return LossOutput(total, logs)
+
+
+BUILT_IN = (MeetObjective, CoderObjective)  # registered by their decorators on import

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from training.encoders import BertTextEncoder
+from meet_milvus.model.encoders import BertTextEncoder
 
 
 class TokenStateCache:

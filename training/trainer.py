@@ -23,25 +23,26 @@ import torch
 from tqdm import tqdm
 
 from meet_milvus.config import Settings, resolve_device
-from meet_milvus.errors import MeetError
-from training import data as data_mod
-from training.checkpoint import (
-    load_network,
+from meet_milvus.errors import CheckpointError, DataSetError, MeetError
+from meet_milvus.model.checkpoint import load_checkpoint, load_network, read_config
+from meet_milvus.model.config import ModelConfig
+from meet_milvus.model.encoders import BertTextEncoder
+from meet_milvus.model.meet_model import MeetModel
+from meet_milvus.model.network import TRANSFORMER_PREFIX, MeetNet, build_net
+from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.text_model import resolve_text_model, text_model_sha
+from meet_milvus.model.vocab import Vocabulary
+from meet_milvus_training import data as data_mod
+from meet_milvus_training.checkpoint import (
     load_training_state,
-    read_config,
     save_checkpoint,
     save_training_state,
 )
-from training.config import ModelConfig, TrainConfig
-from training.encoders import BertTextEncoder
-from training.evaluate import retrieval_recalls, rsums
-from training.model import MeetModel
-from training.network import TRANSFORMER_PREFIX, MeetNet, build_net
-from training.objectives import StepContext, build_objective
-from training.quantization import ProductQuantizer
-from training.text_cache import TokenStateCache
-from training.text_model import resolve_text_model, text_model_sha
-from training.vocab import Vocabulary
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.evaluate import retrieval_recalls, rsums
+from meet_milvus_training.objective_base import StepContext
+from meet_milvus_training.objectives import build_objective
+from meet_milvus_training.text_cache import TokenStateCache
 
 
 @dataclass
@@ -65,6 +66,18 @@ class TrainResult:
     test: dict | None = None  # {"dense"|"hash"|"pq": Recall} of the best checkpoint on test
 
 
+def _summary_writer(path: Path):
+    """TensorBoard's writer; tensorboard comes with the `train` extra (serving needs none)."""
+    try:  # tensorboard loads slowly: only when a run starts
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MeetError(
+            "meet-train logs to TensorBoard, which is not installed: "
+            "pip install 'meet-milvus[train]'"
+        ) from None
+    return SummaryWriter(str(path))
+
+
 def default_output(settings: Settings, data_name: str) -> Path:
     return Path(settings.data_dir) / "checkpoints" / data_name
 
@@ -76,7 +89,7 @@ def resume_dir(path: Path) -> Path:
         return path / "last"
     if (path / "trainer.json").is_file():
         return path
-    raise MeetError(f"resume {path}: no resumable run there (expected last/trainer.json)")
+    raise CheckpointError(f"resume {path}: no resumable run there (expected last/trainer.json)")
 
 
 # What defines the encoders: a run started --init_from another takes these from it.
@@ -93,6 +106,10 @@ ENCODER_FIELDS = (
 )
 
 
+# The network's shape, recorded in the checkpoint's ModelConfig.
+SHAPE_FIELDS = ("word_dim", "attn_dim", "pool_heads", "dropout", "feature_dropout", "mlp")
+
+
 def inherit_encoders(config: TrainConfig, base: TrainConfig) -> TrainConfig:
     """`config` with the encoder settings of the run it starts from (--init_from)."""
     return config.model_copy(update={k: getattr(base, k) for k in ENCODER_FIELDS})
@@ -100,7 +117,7 @@ def inherit_encoders(config: TrainConfig, base: TrainConfig) -> TrainConfig:
 
 def resumed_config(path: Path, **overrides) -> TrainConfig:
     """The saved run's config with `overrides` (e.g. num_epochs) applied."""
-    saved = read_config(resume_dir(path)).train
+    saved = TrainConfig.model_validate(read_config(resume_dir(path)).train)
     return saved.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
@@ -131,7 +148,7 @@ class Trainer:
         self.dev_split = data_mod.load(d, c.data_name, "dev")
         dim = data_mod.feature_dim(self.train_split)
         if data_mod.feature_dim(self.dev_split) != dim:
-            raise MeetError(
+            raise DataSetError(
                 f"data set {c.data_name!r}: dev features have dim "
                 f"{data_mod.feature_dim(self.dev_split)}, train features {dim}"
             )
@@ -157,7 +174,8 @@ class Trainer:
             text_finetune=c.text_finetune,
             vocab_size=len(vocab) if vocab else None,
             max_text_len=c.max_text_len,
-            train=c,
+            **{k: getattr(c, k) for k in SHAPE_FIELDS},
+            train=c.model_dump(),
         )
         return mc, vocab
 
@@ -204,7 +222,7 @@ class Trainer:
         codebooks for this run's H, M, K."""
         c = self.config
         net, _, base = load_network(path, self.device)
-        update = {"H": c.H, "M": c.M, "K": c.K, "epoch": 0, "scores": {}, "train": c}
+        update = {"H": c.H, "M": c.M, "K": c.K, "epoch": 0, "scores": {}, "train": c.model_dump()}
         config = base.model_copy(update={**update, "fingerprint": ""})
         net.reset_heads(c.H)
         quantizer = ProductQuantizer(c.H, c.M, c.K)
@@ -228,7 +246,9 @@ class Trainer:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._load_data()
         if c.init_from and resume is None:
-            self.config = c = inherit_encoders(c, read_config(c.init_from).train)
+            self.config = c = inherit_encoders(
+                c, TrainConfig.model_validate(read_config(c.init_from).train)
+            )
         torch.manual_seed(c.seed)
         objective = build_objective(c).to(self.device)
         if resume is not None:
@@ -236,7 +256,7 @@ class Trainer:
             if not self.output_given:
                 self.output = last.parent  # continue the run where it lives
             net, quantizer, self.model_config = load_network(last, self.device)
-            self.model_config = self.model_config.model_copy(update={"train": c})
+            self.model_config = self.model_config.model_copy(update={"train": c.model_dump()})
         elif c.init_from:
             net, quantizer, self.model_config = self._init_from(Path(c.init_from))
         else:
@@ -249,7 +269,7 @@ class Trainer:
         objective.attach(net, self.train_split, fresh=resume is None and not c.init_from)
         if self.model_config.feature_dim != data_mod.feature_dim(self.train_split):
             source = f"resume {resume}" if resume is not None else f"--init_from {c.init_from}"
-            raise MeetError(
+            raise DataSetError(
                 f"{source}: the model reads features of dim {self.model_config.feature_dim}, "
                 f"data set {c.data_name!r} has {data_mod.feature_dim(self.train_split)}"
             )
@@ -271,9 +291,7 @@ class Trainer:
             self._refresh_codebooks(encoder, quantizer, epoch=-1)
 
         self.output.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(self.output / "tb"))
+        tb = _summary_writer(self.output / "tb")
         self.log(
             f"training {c.objective} on {c.data_name}: {self.train_split.n_images} images, "
             f"{self.train_split.n_captions} captions, text {c.text_encoder}, device {self.device}"
@@ -421,8 +439,6 @@ class Trainer:
 
     def _test(self, result: TrainResult) -> dict | None:
         """The best checkpoint, reloaded from disk, on the test split (when there is one)."""
-        from training.checkpoint import load_checkpoint
-
         try:
             test = data_mod.load(self.settings.data_dir, self.config.data_name, "test")
         except MeetError as e:

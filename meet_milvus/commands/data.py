@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.cli import pass_ctx
+from meet_milvus.context import pass_ctx
+from meet_milvus.errors import ParameterError
 
 
 @click.group()
@@ -59,7 +60,7 @@ def demo(ctx, seed: int, n_train: int, n_dev: int, n_test: int, batch_size: int)
 
     Written as data set "demo" (splits train/dev/test, five captions per image) in the data
     dir, with the rendered images beside the features."""
-    from loaders.demo import build_demo
+    from meet_milvus_loaders.demo import build_demo
 
     s = ctx.settings
     report = build_demo(
@@ -93,7 +94,7 @@ def demo(ctx, seed: int, n_train: int, n_dev: int, n_test: int, batch_size: int)
 @pass_ctx
 def folds(ctx, name: str, source: str, n_folds: int) -> None:
     """Write the COCO 1K five-fold splits (1k_fold0..) from the 5K test split."""
-    from loaders.precomp import precomp_dir, write_folds
+    from meet_milvus_loaders.precomp import precomp_dir, write_folds
 
     written = write_folds(ctx.settings.data_dir, name=name, source=source, n_folds=n_folds)
     click.echo(f"{len(written)} folds of '{source}' in {precomp_dir(ctx.settings.data_dir, name)}")
@@ -136,16 +137,17 @@ def import_(
 
     SOURCE is a Karpathy split file (dataset_coco.json, dataset_flickr30k.json: any .json) or a
     JSONL/CSV manifest; the splits are written into the data dir."""
-    from loaders.features import GridFeatureExtractor
-    from loaders.precomp import write_split
-    from loaders.raw import read_karpathy, read_manifest, to_split
-    from meet_milvus.errors import MeetError
+    from meet_milvus.model.features import GridFeatureExtractor
+    from meet_milvus_loaders.precomp import write_split
+    from meet_milvus_loaders.raw import read_karpathy, read_manifest, to_split
 
     s = ctx.settings
     karpathy = source.suffix.lower() == ".json"
     if karpathy:
         if image_root is None:
-            raise MeetError(f"{source}: a Karpathy split file needs --images (the image folder)")
+            raise ParameterError(
+                f"{source}: a Karpathy split file needs --images (the image folder)"
+            )
         raws = [
             read_karpathy(source, image_root, sp, name=name, max_captions=max_captions or None)
             for sp in (splits or ("train", "dev", "test"))

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.errors import MeetError
-
-
-def _settings():
-    return click.get_current_context().obj.settings
+from meet_milvus.context import current_settings as _settings
+from meet_milvus.errors import GalleryMismatchError, ParameterError
+from meet_milvus.evaluation import format_table
 
 
 @click.command("load")
@@ -26,7 +24,7 @@ def _settings():
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def load(collection, checkpoint, data, split, drop, neighbours, batch_size, quiet) -> None:
     """Encode a data split and load its codes, embeddings and sources into Milvus."""
-    from loaders.milvus_loader import load as load_gallery
+    from meet_milvus_loaders.milvus_loader import load as load_gallery
 
     report = load_gallery(
         _settings(), collection, checkpoint=checkpoint, data=data, split=split, drop=drop,
@@ -86,10 +84,10 @@ def search(
     from meet_milvus.searcher import check_k
 
     if (text is None) == (image is None):
-        raise MeetError("search: give a TEXT or --image PATH (one of them)")
+        raise ParameterError("search: give a TEXT or --image PATH (one of them)")
     check_k(k)
     if text is not None and not text.strip():
-        raise MeetError("query 0: the text is empty")  # before the slow model load
+        raise ParameterError("query 0: the text is empty")  # before the slow model load
     if sheet is not None:
         from meet_milvus.sheet import check_path
 
@@ -150,10 +148,9 @@ def evaluate(
     batch_size,
 ) -> None:  # fmt: skip
     """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
-    from loaders.milvus_loader import encode_split
-    from loaders.precomp import load_split
     from meet_milvus import milvus_eval
-    from meet_milvus.evaluation import format_table
+    from meet_milvus_loaders.milvus_loader import encode_split
+    from meet_milvus_loaders.precomp import load_split
 
     settings = _settings()
     given = _given(pq_mode=pq_mode, hash_mode=hash_mode, tier=tier, filter=first_filter)
@@ -163,7 +160,7 @@ def evaluate(
     split = load_split(settings.data_dir, data, split_name)
     rows = (searcher.gallery.rows("image"), searcher.gallery.rows("text"))
     if rows != (split.n_images, split.n_captions):
-        raise MeetError(
+        raise GalleryMismatchError(
             f"collection '{collection}': holds {rows[0]} images and {rows[1]} captions but "
             f"{meta.source} has {split.n_images} and {split.n_captions}; reload it"
         )

@@ -8,9 +8,9 @@ import time
 
 import click
 
-from meet_milvus.cli import Context, pass_ctx
 from meet_milvus.config import redact_uri
-from meet_milvus.errors import MeetError
+from meet_milvus.context import Context, pass_ctx
+from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.server import (
     CONNECT_TIMEOUT,
     START_TIMEOUT,
@@ -97,7 +97,7 @@ def rotate_credentials(ctx: Context, timeout: float) -> None:
 def _embedded(ctx: Context, action: str) -> EmbeddedServer:
     settings = ctx.settings
     if not settings.embedded:
-        raise MeetError(
+        raise ParameterError(
             f"server {action}: a Milvus URI is configured ({redact_uri(settings.milvus_uri)}); "
             f"this command manages only the embedded server"
         )
@@ -107,7 +107,7 @@ def _embedded(ctx: Context, action: str) -> EmbeddedServer:
 def _seconds(timeout: float) -> float:
     # Checked before anything starts: a start that cannot wait would stop what it launched.
     if not math.isfinite(timeout) or timeout <= 0:
-        raise MeetError(f"--timeout: must be a positive number of seconds, not {timeout}")
+        raise ParameterError(f"--timeout: must be a positive number of seconds, not {timeout}")
     return timeout
 
 

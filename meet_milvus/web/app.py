@@ -37,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.results import Hit
+from meet_milvus.web.page import PAGE
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of one uploaded image
 MAX_BODY = 64 * 1024  # bytes of any other request body (a query is a sentence, not a book)
@@ -128,7 +129,7 @@ def create_app(
         query: str, modality: str, k: int, switches: Switches, call: Callable[[Any], list[Hit]]
     ) -> SearchResponse:
         if isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise MeetError(f"k={k}: must be an integer between 1 and {MAX_K}")
+            raise ParameterError(f"k={k}: must be an integer between 1 and {MAX_K}")
         target = _configured(searcher, switches.given())
         with lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -153,8 +154,6 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        from meet_milvus.web.page import PAGE
-
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/info")
@@ -234,7 +233,7 @@ def _configured(searcher: Any, overrides: dict[str, Any]) -> Any:
         config = type(searcher.config).model_validate({**searcher.config.model_dump(), **overrides})
     except ValidationError as e:
         err = e.errors()[0]
-        raise MeetError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
+        raise ParameterError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
     variant = copy.copy(searcher)
     variant.config = config
     return variant

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import MeetError, ParameterError
 
 
 def bind(host: str = "127.0.0.1", port: int = 8080) -> socket.socket:
@@ -22,7 +22,7 @@ def bind(host: str = "127.0.0.1", port: int = 8080) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as e:
-        raise MeetError(f"host {host}: {e.strerror}") from None
+        raise ParameterError(f"host {host}: {e.strerror}") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import MeetError, ParameterError
+from meet_milvus.searcher import MeetSearcher
+from meet_milvus.web.app import create_app
+from meet_milvus.web.browser import chromium_missing, chromium_page, search_text
+from meet_milvus.web.run import serving
 
 
 def take(
@@ -27,10 +31,6 @@ def take(
     diagnostics: bool = False,
 ) -> Path:
     """Saves the page after `query` (and, with `image`, after uploading it) to `out` (PNG)."""
-    from meet_milvus.web.app import create_app
-    from meet_milvus.web.browser import chromium_page, search_text
-    from meet_milvus.web.run import serving
-
     check_out(out)
     with serving(create_app(searcher)) as url, chromium_page() as page:
         search_text(page, url, query, k=k, diagnostics=diagnostics)
@@ -45,9 +45,9 @@ def take(
 
 def check_out(out: Path) -> Path:
     if out.suffix.lower() != ".png":
-        raise MeetError(f"--out {out}: give a .png path")
+        raise ParameterError(f"--out {out}: give a .png path")
     if not out.parent.is_dir():
-        raise MeetError(f"--out {out}: folder {out.parent} not found")
+        raise ParameterError(f"--out {out}: folder {out.parent} not found")
     return out
 
 
@@ -62,12 +62,9 @@ def check_out(out: Path) -> Path:
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
 def main(collection, out, query, k, image, diagnostics, checkpoint) -> None:
     """Screenshot of `meet-milvus serve`'s page with the results of QUERY."""
-    from meet_milvus.searcher import MeetSearcher
-    from meet_milvus.web.browser import chromium_missing
-
     check_out(out)  # before the model load, as is the browser check
     if reason := chromium_missing():
-        raise MeetError(reason)
+        raise ParameterError(reason)
     searcher = MeetSearcher(collection, checkpoint=checkpoint)
     take(searcher, out, query, k=k, image=image, diagnostics=diagnostics)
     click.echo(f"wrote {out}")

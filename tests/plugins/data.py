@@ -28,7 +28,7 @@ test_cache_dir.__test__ = False  # a helper, not a test
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings whose data_dir holds data set "demo" (train 40 / dev 10 / test 20 images, five
     captions each); its cache_dir is the persistent test cache."""
-    from loaders.demo import build_demo
+    from meet_milvus_loaders.demo import build_demo
 
     data_dir = tmp_path_factory.mktemp("demo-data")
     settings = load_settings(data_dir=data_dir, cache_dir=test_cache_dir(), device="cpu")

@@ -19,8 +19,8 @@ def _data_dir(demo_data) -> Path:
 def demo_checkpoint(demo_data, tmp_path_factory) -> Path:
     """Directory of a checkpoint trained on demo_data's train split (dev for selection)."""
     from meet_milvus.config import Settings
-    from training.config import TrainConfig
-    from training.trainer import train
+    from meet_milvus_training.config import TrainConfig
+    from meet_milvus_training.trainer import train
 
     data_dir = _data_dir(demo_data)
     settings = Settings(
@@ -61,7 +61,7 @@ def runtime_settings(milvus_settings, demo_data):
 @pytest.fixture(scope="session")
 def demo_gallery(runtime_settings, demo_checkpoint) -> str:
     """Name of a gallery holding demo_data's test split, loaded with demo_checkpoint."""
-    from loaders.milvus_loader import load
+    from meet_milvus_loaders.milvus_loader import load
 
     load(runtime_settings, "t_demo", checkpoint=demo_checkpoint, data="demo", drop=True,
          progress=False)  # fmt: skip
@@ -79,7 +79,7 @@ def searcher(runtime_settings, demo_gallery):
 @pytest.fixture(scope="session")
 def split(runtime_settings):
     """demo_data's test split: the gallery's images and captions."""
-    from loaders.precomp import load_split
+    from meet_milvus_loaders.precomp import load_split
 
     return load_split(runtime_settings.data_dir, "demo", "test")
 

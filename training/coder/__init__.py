@@ -2,11 +2,13 @@
 
 Pieces, each usable and switchable on its own: momentum encoders and queues (`momentum`,
 `queue`), diversity-sensitive weighting and the contrastive loss (`weighting`, `loss`), online
-clustering pseudo-labels (`clustering`), the concept vocabulary, commonsense graph, graph network
-and concept branch (`concepts`, `graph`, `branch`), branch fusion (`fusion`), the loss that
-composes them (`criterion`) and the `meet-train --objective coder` objective (`objective`).
+clustering pseudo-labels (`clustering`), the concept vocabulary and commonsense graph
+(`concepts`), the loss that composes them (`criterion`) and the `meet-train --objective coder`
+objective (`objective`). The served part of the concept branch (graph network, branch, fusion,
+ConceptNetConfig) belongs to the runtime: `meet_milvus.model.graph`, `.branch`, `.fusion`.
 
-Names load on first use, so `training.config` can import `training.coder.config` cheaply.
+Names load on first use, so `meet_milvus_training.config` can import
+`meet_milvus_training.coder.config` without loading the rest.
 """
 
 from __future__ import annotations
@@ -15,21 +17,14 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "ConceptBranch": "branch",
     "OnlineClusterer": "clustering",
     "sinkhorn": "clustering",
     "spherical_kmeans": "clustering",
     "cooccurrence_graph": "concepts",
     "mine_concepts": "concepts",
     "CoderConfig": "config",
-    "ConceptNetConfig": "config",
     "CoderCriterion": "criterion",
     "CoderOutputs": "criterion",
-    "ConceptFusion": "fusion",
-    "fuse": "fusion",
-    "fused_similarity": "fusion",
-    "ConceptGraphNetwork": "graph",
-    "normalize_adjacency": "graph",
     "DiversityContrastiveLoss": "loss",
     "MomentumEncoder": "momentum",
     "ema_update": "momentum",
@@ -43,5 +38,5 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        return getattr(importlib.import_module(f"training.coder.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'training.coder' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"meet_milvus_training.coder.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'meet_milvus_training.coder' has no attribute {name!r}")

@@ -12,11 +12,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from meet_milvus.config import Settings
-from meet_milvus.errors import MeetError
-from training.ablation import rsum_rows
-from training.coder.config import CoderConfig
-from training.config import TrainConfig
+from meet_milvus_loaders.precomp import load_split, write_split
+from meet_milvus_training.ablation import rsum_rows, train_runs, write_result
+from meet_milvus_training.coder.config import CoderConfig
+from meet_milvus_training.config import TrainConfig
 
 # Removing one part at a time from the full model.
 VARIANTS: list[tuple[str, str, dict[str, bool]]] = [
@@ -36,10 +38,6 @@ TRAIN_IMAGES, DEV_IMAGES = 600, 200
 def ablation_data(settings: Settings, name: str, seed: int) -> str:
     """Writes data set `{name}-coder-ablation`: TRAIN_IMAGES random train images, DEV_IMAGES dev
     images and the whole test split of `name`; returns its name."""
-    import numpy as np
-
-    from loaders.precomp import load_split, write_split
-
     derived = f"{name}-coder-ablation"
     rng = np.random.default_rng(seed)
     for split, n in (("train", TRAIN_IMAGES), ("dev", DEV_IMAGES), ("test", None)):
@@ -102,37 +100,13 @@ def run_coder_ablation(
 ) -> str:
     """Train every run under `output` (default {data_dir}/checkpoints/{data_name}-coder-ablation),
     write the table to {data_dir}/results/coder_ablation_{data_name}.md and return it."""
-    from training.evaluate import rsums
-    from training.trainer import train
-
     root = Path(
         output or Path(settings.data_dir) / "checkpoints" / f"{config.data_name}-coder-ablation"
     )
-    rows = []
     started = time.perf_counter()
     data_name = ablation_data(settings, config.data_name, config.seed)
     config = config.model_copy(update={"data_name": data_name})
-    for slug, name, run in ablation_configs(config, root):
-        log(f"== {name}")
-        t0 = time.perf_counter()
-        result = train(run, settings, output=root / slug, progress=progress, log=log)
-        if result.test is None:
-            raise MeetError(f"data set {config.data_name!r}: no test split to report")
-        rows.append(
-            {
-                "name": name,
-                **rsums(result.test),
-                "codes": run.objective != "coder",
-                "epochs": run.num_epochs,
-                "embed": run.embed_size,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+    rows = train_runs(ablation_configs(config, root), settings, root, progress, log)
     text = table(rows, config)
     text += f"\nAll {len(rows)} runs: {(time.perf_counter() - started) / 60:.1f} min.\n"
-    out = Path(settings.data_dir) / "results" / f"coder_ablation_{config.data_name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    log(text)
-    log(f"written to {out}")
-    return text
+    return write_result(settings, f"coder_ablation_{config.data_name}.md", text, log)

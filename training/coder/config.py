@@ -41,24 +41,3 @@ class CoderConfig(BaseModel):
     def uses_clustering(self) -> bool:
         """The clustering loss lives in the concept branch: without it there is nothing to train."""
         return self.cluster_loss and self.concept_branch
-
-
-class ConceptNetConfig(BaseModel):
-    """The served part of the concept branch, stored in a checkpoint's config.json.
-
-    The dense embedding of such a checkpoint is the fused one: instance (instance_dim) followed
-    by concept descriptor (concept_dim), see training.coder.fusion.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    instance_dim: int = Field(ge=1)
-    concepts: list[str] = Field(min_length=2)
-    node_dim: int = Field(ge=1, description="size of the concept nodes' input features")
-    concept_dim: int = Field(ge=2)
-    graph_layers: int = Field(2, ge=1)
-    fusion_weight: float = Field(gt=0, lt=1)
-
-    @property
-    def dense_dim(self) -> int:
-        return self.instance_dim + self.concept_dim

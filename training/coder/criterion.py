@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.coder.clustering import OnlineClusterer
-from training.coder.config import CoderConfig
-from training.coder.loss import DiversityContrastiveLoss
-from training.coder.queue import EmbeddingQueue
+from meet_milvus_training.coder.clustering import OnlineClusterer
+from meet_milvus_training.coder.config import CoderConfig
+from meet_milvus_training.coder.loss import DiversityContrastiveLoss
+from meet_milvus_training.coder.queue import EmbeddingQueue
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.coder.weighting import diversity_weights
+from meet_milvus_training.coder.weighting import diversity_weights
 
 
 class DiversityContrastiveLoss(nn.Module):

@@ -14,19 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meet_milvus.errors import MeetError
-from training.coder.concepts import cooccurrence_graph, mine_concepts
-from training.coder.config import CoderConfig, ConceptNetConfig
-from training.coder.criterion import CoderCriterion, CoderOutputs
-from training.coder.graph import normalize_adjacency
-from training.coder.momentum import MomentumEncoder
-from training.config import ModelConfig, TrainConfig
-from training.data import Batch, PairIndex
-from training.network import MeetNet, Outputs
-from training.objectives import LossOutput, Objective, StepContext, register_objective
+from meet_milvus.errors import CheckpointError, DataSetError
+from meet_milvus.model.config import ConceptNetConfig, ModelConfig
+from meet_milvus.model.graph import normalize_adjacency
+from meet_milvus.model.network import MeetNet, Outputs
+from meet_milvus_training.coder.concepts import cooccurrence_graph, mine_concepts
+from meet_milvus_training.coder.config import CoderConfig
+from meet_milvus_training.coder.criterion import CoderCriterion, CoderOutputs
+from meet_milvus_training.coder.momentum import MomentumEncoder
+from meet_milvus_training.config import TrainConfig
+from meet_milvus_training.data import Batch, PairIndex
+from meet_milvus_training.objective_base import (
+    LossOutput,
+    Objective,
+    StepContext,
+    register_objective,
+)
 
 if TYPE_CHECKING:
-    from loaders.precomp import Split
+    from meet_milvus_loaders.precomp import Split
 
 
 @register_objective("coder")
@@ -54,7 +60,7 @@ class CoderObjective(Objective):
             return model_config
         self._concepts = mine_concepts(split.captions, cc.n_concepts, cc.concept_min_count)
         if len(self._concepts) < 2:
-            raise MeetError(
+            raise DataSetError(
                 f"data set {self.config.data_name!r}: only {len(self._concepts)} concept words "
                 f"occur {cc.concept_min_count}+ times in the training captions; lower "
                 "--concept_min_count or pass --no_concept_branch"
@@ -72,7 +78,7 @@ class CoderObjective(Objective):
     def attach(self, net: MeetNet, split: Split, fresh: bool) -> None:
         """Binds to the network: concept graph and nodes (fresh runs), momentum copies, ids."""
         if self.coder.concept_branch and net.concepts is None:
-            raise MeetError(
+            raise CheckpointError(
                 "--objective coder with its concept branch needs a network built for it"
             )
         device = next(net.parameters()).device

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from training.coder.config import CoderConfig
+from meet_milvus_training.coder.config import CoderConfig
 
 _TYPES = {int: int, float: float}
 

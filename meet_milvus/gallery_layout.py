@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import (
+    GalleryMismatchError,
+    GalleryNotFoundError,
+    ParameterError,
+    ServerUnavailableError,
+)
 
 if TYPE_CHECKING:
     from pymilvus import CollectionSchema, MilvusClient
@@ -82,7 +87,7 @@ class GalleryMeta(BaseModel):
 def check_name(name: str) -> str:
     """A gallery name Milvus accepts as a collection-name prefix."""
     if not _NAME.fullmatch(name):
-        raise MeetError(
+        raise ParameterError(
             f"collection name '{name}': use letters, digits and underscores, starting with a letter"
         )
     return name
@@ -104,10 +109,12 @@ class Layout:
         """The layout a server supports: `multi` from Milvus 2.4 on, `split` on 2.3."""
         found = re.search(r"(\d+)\.(\d+)", version or "")
         if not found:
-            raise MeetError(f"Milvus server version '{version}': cannot tell which it is")
+            raise ServerUnavailableError(
+                f"Milvus server version '{version}': cannot tell which it is"
+            )
         major, minor = int(found.group(1)), int(found.group(2))
         if (major, minor) < (2, 3):
-            raise MeetError(f"Milvus {version}: meet-milvus needs Milvus 2.3 or newer")
+            raise ServerUnavailableError(f"Milvus {version}: meet-milvus needs Milvus 2.3 or newer")
         return cls("split" if (major, minor) < (2, 4) else "multi")
 
     def collection(self, gallery: str, modality: Modality, field: str) -> str:
@@ -205,7 +212,7 @@ def read_meta(client: MilvusClient, collection: str) -> GalleryMeta:
     try:
         return GalleryMeta.model_validate(json.loads(description))
     except (ValueError, ValidationError):
-        raise MeetError(
+        raise GalleryMismatchError(
             f"Milvus collection '{collection}' was not created by meet-milvus load "
             f"(no gallery metadata in its description)"
         ) from None
@@ -277,7 +284,7 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
     layout = find_layout(client, gallery)
     if layout is None:
         known = ", ".join(list_galleries(client)) or "none"
-        raise MeetError(
+        raise GalleryNotFoundError(
             f"collection '{gallery}': not found in Milvus (loaded galleries: {known}); "
             f"run `meet-milvus load --collection {gallery}`"
         )
@@ -285,16 +292,18 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
     for modality in MODALITIES:
         for name in layout.collections(gallery, modality):
             if not client.has_collection(name):
-                raise MeetError(
+                raise GalleryNotFoundError(
                     f"collection '{gallery}': part '{name}' is missing (an interrupted load?); "
                     f"run `meet-milvus load --collection {gallery}` to finish it"
                 )
             found = read_meta(client, name)
             if modality in meta and found.fingerprint != meta[modality].fingerprint:
-                raise MeetError(f"collection '{gallery}': '{name}' holds another model's codes")
+                raise GalleryMismatchError(
+                    f"collection '{gallery}': '{name}' holds another model's codes"
+                )
             meta[modality] = found
     if fingerprint is not None and meta["image"].fingerprint != fingerprint:
-        raise MeetError(
+        raise GalleryMismatchError(
             f"collection '{gallery}' was loaded with model {meta['image'].fingerprint[:12]}, "
             f"not with this checkpoint's model {fingerprint[:12]}; search with that checkpoint "
             f"or rebuild: `meet-milvus load --collection {gallery} --drop`"

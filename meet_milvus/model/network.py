@@ -1,4 +1,4 @@
-"""The trainable network: image and text encoders into the joint space, a hash head per modality."""
+"""The network: image and text encoders into the joint space, a hash head per modality."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from training.coder.fusion import ConceptFusion
-from training.config import ModelConfig
-from training.encoders import BertTextEncoder, BiGRUTextEncoder, ImageEncoder, load_transformer
-from training.hashing import HashHead
-from training.vocab import Vocabulary
+from meet_milvus.model.config import ModelConfig
+from meet_milvus.model.encoders import (
+    BertTextEncoder,
+    BiGRUTextEncoder,
+    ImageEncoder,
+    load_transformer,
+)
+from meet_milvus.model.fusion import ConceptFusion
+from meet_milvus.model.hashing import HashHead
+from meet_milvus.model.vocab import Vocabulary
 
 TRANSFORMER_PREFIX = "text_encoder.transformer."
 
@@ -101,15 +106,15 @@ class MeetNet(nn.Module):
 
 def build_net(config: ModelConfig, vocab: Vocabulary | None = None) -> MeetNet:
     """A fresh network for `config` (a BERT-family model is read from config.text_model)."""
-    t = config.train
+    c = config
     # With CODER's concept branch the encoders produce the instance part of the dense vector.
-    embed = config.coder.instance_dim if config.coder else config.embed_dim
-    pool = (t.attn_dim, t.pool_heads, t.dropout, t.feature_dropout, t.mlp)
+    embed = c.coder.instance_dim if c.coder else c.embed_dim
+    pool = (c.attn_dim, c.pool_heads, c.dropout, c.feature_dropout, c.mlp)
     image = ImageEncoder(config.feature_dim, embed, *pool)
     if config.text_encoder == "bigru":
         if vocab is None:
             raise ValueError("the BiGRU text encoder needs a vocabulary")
-        text: nn.Module = BiGRUTextEncoder(vocab, t.word_dim, embed, *pool, config.max_text_len)
+        text: nn.Module = BiGRUTextEncoder(vocab, c.word_dim, embed, *pool, config.max_text_len)
     else:
         transformer, tokenizer = load_transformer(config.text_model)
         text = BertTextEncoder(

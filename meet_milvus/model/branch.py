@@ -7,7 +7,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.coder.graph import ConceptGraphNetwork
+from meet_milvus.model.graph import ConceptGraphNetwork
 
 Modality = Literal["image", "text"]
 

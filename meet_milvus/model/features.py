@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from meet_milvus.errors import MeetError
+from meet_milvus.config import resolve_device
+from meet_milvus.errors import DataSetError
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -28,14 +29,14 @@ CACHE_TAG = f"{MODEL_NAME}-{IMAGE_SIZE}-v1"
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB image; transparent parts are laid on white. MeetError when it cannot be read."""
+    """An RGB image; transparent parts are laid on white. DataSetError when it cannot be read."""
     try:
         with Image.open(path) as im:
             im.load()
     except FileNotFoundError:
-        raise MeetError(f"{path}: image file not found") from None
+        raise DataSetError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise MeetError(f"{path}: unreadable image ({e})") from None
+        raise DataSetError(f"{path}: unreadable image ({e})") from None
     return to_rgb(im)
 
 
@@ -69,8 +70,6 @@ class GridFeatureExtractor:
     """
 
     def __init__(self, device: str = "auto", cache_dir: str | Path | None = None) -> None:
-        from meet_milvus.config import resolve_device
-
         self.device = resolve_device(device)
         self.cache_dir = (
             None if cache_dir is None else Path(cache_dir).expanduser() / "features" / CACHE_TAG
@@ -174,9 +173,9 @@ def _file_hash(path: str | Path) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise MeetError(f"{path}: image file not found") from None
+        raise DataSetError(f"{path}: image file not found") from None
     except OSError as e:
-        raise MeetError(f"{path}: cannot read ({e.strerror})") from None
+        raise DataSetError(f"{path}: cannot read ({e.strerror})") from None
     return hashlib.sha256(data).hexdigest()
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from meet_milvus.errors import MeetError
-from training.config import ModelConfig
-from training.data import TextBatcher
-from training.hashing import pack_codes
-from training.network import MeetNet
-from training.quantization import ProductQuantizer
+from meet_milvus.errors import ParameterError
+from meet_milvus.model.config import ModelConfig
+from meet_milvus.model.features import GridFeatureExtractor
+from meet_milvus.model.hashing import pack_codes
+from meet_milvus.model.network import MeetNet
+from meet_milvus.model.quantization import ProductQuantizer
+
+# Captions -> encoder inputs (token ids, or the trainer's cached token states).
+TextBatcher = Callable[[list[str]], dict[str, Tensor]]
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Encoded:
 class MeetModel:
     """Encoders, hash heads and PQ codebooks of one checkpoint, on one device.
 
-    Built by `training.load_checkpoint`; the trainer also wraps its live network in one to
+    Built by `meet_milvus.model.load_checkpoint`; the trainer also wraps its live network in one to
     validate. `text_batcher` overrides how captions become encoder inputs (the trainer's cache).
     """
 
@@ -53,12 +57,14 @@ class MeetModel:
         device: str,
         text_batcher: TextBatcher | None = None,
         source: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.net = net
         self.quantizer = quantizer
         self.config = config
         self.device = device
         self.source = source
+        self.cache_dir = cache_dir  # where image files' grid features are cached (None: not)
         self._text_batcher = text_batcher or net.text_encoder.tokenize
 
     @property
@@ -84,9 +90,9 @@ class MeetModel:
         texts = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise MeetError(f"caption {i}: expected a string, got {type(t).__name__}")
+                raise ParameterError(f"caption {i}: expected a string, got {type(t).__name__}")
             if not t.strip():
-                raise MeetError(f"caption {i}: empty text")
+                raise ParameterError(f"caption {i}: empty text")
         return self._encode(
             len(texts),
             batch_size,
@@ -102,16 +108,16 @@ class MeetModel:
     ) -> Encoded:
         features = np.asarray(features)
         if features.ndim not in (2, 3):
-            raise MeetError(
+            raise ParameterError(
                 f"image features of shape {features.shape}: expected (N, R, D) or (N, D)"
             )
         if features.shape[-1] != self.config.feature_dim:
-            raise MeetError(
+            raise ParameterError(
                 f"image features have dim {features.shape[-1]}, {self._name()} expects "
                 f"{self.config.feature_dim}"
             )
         if not np.issubdtype(features.dtype, np.floating):
-            raise MeetError(f"image features of dtype {features.dtype}: expected floats")
+            raise ParameterError(f"image features of dtype {features.dtype}: expected floats")
 
         def run(s: int, e: int):
             x = torch.from_numpy(np.ascontiguousarray(features[s:e], dtype=np.float32))
@@ -123,13 +129,10 @@ class MeetModel:
         self, paths: list, batch_size: int = 32, progress: bool = False
     ) -> Encoded:
         """Raw images through the grid-feature extractor (EfficientNet-lite0 7x7x1280)."""
-        from loaders.features import GridFeatureExtractor
-        from meet_milvus.config import load_settings
-
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         if not paths:
             return self.encode_images(np.zeros((0, self.config.feature_dim), np.float32))
-        extractor = GridFeatureExtractor(device=self.device, cache_dir=load_settings().cache_dir)
+        extractor = GridFeatureExtractor(device=self.device, cache_dir=self.cache_dir)
         features = extractor.extract(paths, batch_size=batch_size, progress=progress)
         return self.encode_images(features, batch_size=128, progress=progress)
 
@@ -137,15 +140,15 @@ class MeetModel:
         """(N, M) codes -> (N, H) float32 codeword concatenations."""
         codes = np.asarray(pq_codes)
         if codes.ndim != 2 or codes.shape[1] != self.config.M:
-            raise MeetError(f"PQ codes of shape {codes.shape}: expected (N, {self.config.M})")
+            raise ParameterError(f"PQ codes of shape {codes.shape}: expected (N, {self.config.M})")
         if codes.size and (codes.min() < 0 or codes.max() >= 2**self.config.K):
-            raise MeetError(f"PQ codes out of range 0..{2**self.config.K - 1}")
+            raise ParameterError(f"PQ codes out of range 0..{2**self.config.K - 1}")
         out = self.quantizer.reconstruct(torch.from_numpy(codes.astype(np.int64)))
         return out.cpu().numpy().astype(np.float32)
 
     def _encode(self, n: int, batch_size: int, progress: bool, unit: str, run) -> Encoded:
         if batch_size < 1:
-            raise MeetError(f"batch_size={batch_size}: must be at least 1")
+            raise ParameterError(f"batch_size={batch_size}: must be at least 1")
         dense, head = [], []
         with self._inference():
             for s in tqdm(range(0, n, batch_size), desc=f"encode {unit}", disable=not progress):

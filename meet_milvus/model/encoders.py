@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from training.vocab import Vocabulary
+from meet_milvus.model.vocab import Vocabulary
 
 
 def l2norm(x: Tensor, dim: int = -1) -> Tensor:

@@ -12,9 +12,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from training.coder.branch import ConceptBranch, Modality
-from training.coder.config import ConceptNetConfig
-from training.coder.graph import ConceptGraphNetwork
+from meet_milvus.model.branch import ConceptBranch, Modality
+from meet_milvus.model.config import ConceptNetConfig
+from meet_milvus.model.graph import ConceptGraphNetwork
 
 
 def _check(weight: float) -> None:
