@@ -32,6 +32,7 @@ from meet_milvus import gallery_layout as cols
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.config import load_settings
 from meet_milvus.model import Encoded, load_checkpoint
+from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.tier import ann_nlist, open_tier
 from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
@@ -57,9 +58,7 @@ def code_needs(q: Encoded, g: Encoded, codebooks: np.ndarray, truth: np.ndarray)
     qw, gw = q.hash_codes.view(np.uint64), g.hash_codes.view(np.uint64)
     ham = np.stack([np.bitwise_count(gw ^ w).sum(axis=1) for w in qw])
     out["MEET hash 64 bit (8 B)"] = {"needed": needed(ranked(-ham, depth), truth), "bytes": 8}
-    m, _, d = codebooks.shape
-    lut = np.einsum("qmd,mcd->qmc", q.head.reshape(len(q), m, d), codebooks)
-    adc = sum(lut[:, j, g.pq_codes[:, j]] for j in range(m))
+    adc = adc_scores(adc_tables(q.head, codebooks), g.pq_codes)
     out["MEET PQ on the head (8 B)"] = {"needed": needed(ranked(adc, depth), truth), "bytes": 8}
     out["MEET head, unquantized (256 B)"] = {
         "needed": needed(ranked(q.head @ g.head.T, depth), truth), "bytes": 4 * g.head.shape[1]}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from meet_milvus.model.quantization import pq_encode, pq_reconstruct
+
 CHUNK = (
     65_536  # rows per generation step; part of the definition of the data (fixes the RNG streams)
 )
@@ -88,14 +90,11 @@ class SyntheticGallery:
 
     def pq_reconstruct(self, pq_codes: np.ndarray) -> np.ndarray:
         """(n, bits) float32 head vectors the PQ codes stand for."""
-        m = np.arange(self.spec.pq_m)
-        return self.codebooks[m, pq_codes.astype(np.intp)].reshape(len(pq_codes), -1)
+        return pq_reconstruct(pq_codes, self.codebooks)
 
     def encode_pq(self, head: np.ndarray) -> np.ndarray:
         """(n, pq_m) uint8: the nearest codeword of each sub-space (what faiss assigned)."""
-        m, _, d = self.codebooks.shape
-        sub = np.asarray(head, np.float32).reshape(len(head), m, 1, d)
-        return ((sub - self.codebooks[None]) ** 2).sum(-1).argmin(-1).astype(np.uint8)
+        return pq_encode(head, self.codebooks)
 
 
 def generate(

@@ -38,6 +38,7 @@ from meet_milvus.errors import ParameterError
 from meet_milvus.gallery_layout import Gallery, Modality
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.meet_model import Encoded
+from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.rerank import Reranker
 from meet_milvus.tier import LocalTier
 
@@ -308,21 +309,14 @@ class QuantizedFilter(_GalleryStage):
         if self.mode == "milvus":
             return self._milvus(head, candidates, resolve_keep(self.keep, available))
         limit = resolve_keep(self.keep, available, cap=available)  # no topk cap client-side
-        lut = self._tables(head)  # (nq, M, 2**K)
+        lut = adc_tables(head, self.codebooks)  # (nq, M, 2**K)
         if candidates is None:
-            codes = self.codes()  # every item: (rows, M)
-            scores = sum(lut[:, m, codes[:, m]] for m in range(codes.shape[1]))
-            ids = np.broadcast_to(np.arange(len(codes), dtype=np.int64), scores.shape)
+            scores = adc_scores(lut, self.codes())  # every item: codes (rows, M)
+            ids = np.broadcast_to(np.arange(scores.shape[1], dtype=np.int64), scores.shape)
             return Candidates.top(ids, scores, limit)
         ids = candidates.ids
-        codes = self._codes_of(ids)  # (nq, n, M)
-        rows = np.arange(len(ids))[:, None]
-        scores = sum(lut[rows, m, codes[:, :, m]] for m in range(codes.shape[2]))
+        scores = adc_scores(lut, self._codes_of(ids))  # codes (nq, n, M)
         return Candidates.top(ids, scores, limit)
-
-    def _tables(self, head: np.ndarray) -> np.ndarray:
-        M, _, d = self.codebooks.shape
-        return np.einsum("qmd,mcd->qmc", head.reshape(len(head), M, d), self.codebooks)
 
     def codes(self) -> np.ndarray:
         """Every item's PQ codes (rows, M) uint8, fetched once (ids are 0..rows-1)."""

@@ -1,5 +1,7 @@
 """Each cascade stage against the loaded demo gallery, checked against numpy on the same codes."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,9 @@ from meet_milvus.cascade import (
 )
 from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import open_gallery
+from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.server import connect
+from tests.ties import assert_same_ranking
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def test_client_hamming_scan_matches_milvus(setup):
     milvus = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")(texts)
     scan = HammingFilter(client, gallery, "image", keep=0.5, mode="client")
     out = scan(texts)
-    np.testing.assert_array_equal(out.scores, milvus.scores)  # same distances, ties aside
+    assert_same_ranking(milvus.ids, milvus.scores, out.ids, out.scores)  # ties in any order
     dist = _hamming(texts.hash_codes, images.hash_codes)
     np.testing.assert_array_equal(np.take_along_axis(dist, out.ids, 1), -out.scores)
     assert scan.words().nbytes == 8 * gallery.meta["image"].rows  # 8 bytes an item, cached
@@ -138,10 +142,13 @@ def test_cascade_traces_every_stage(setup):
             Rerank(client, gallery, "image"),
         ]
     )
+    start = time.perf_counter()
     traces = cascade.trace(texts)
+    wall = time.perf_counter() - start
     assert [t.name for t in traces] == ["hash", "pq", "dense", "rerank"]
     assert [t.candidates.width for t in traces] == [12, 8, 5, 5]  # 0.7 of 12, rounded down
-    assert all(t.seconds >= 0 for t in traces)
+    # Each stage's own time: all positive, together within the call's wall time.
+    assert all(t.seconds > 0 for t in traces) and sum(t.seconds for t in traces) <= wall
     final = cascade(texts)
     for before, after in zip(traces[2].candidates.ids, final.ids, strict=True):
         assert sorted(before) == sorted(after)  # re-ranking re-orders, never replaces
@@ -175,8 +182,22 @@ def test_stage_sizes():
     assert resolve_keep(0.3, 1001) == 300
     assert resolve_keep(0.001, 10) == 1  # at least one survivor
     assert resolve_keep(50, 20) == 20
-    assert resolve_keep(1.0, 10**6) == 16384  # Milvus topk limit
+    assert resolve_keep(1.0, 10**6) == MAX_TOPK  # Milvus's topk limit
     assert resolve_keep(1.0, 10**6, cap=10**6) == 10**6  # client-side stages
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(MeetError):
             resolve_keep(bad, 100)
+
+
+@pytest.mark.unit
+def test_the_tie_aware_comparison_allows_only_ties():
+    ids = np.array([[4, 7, 1, 9, 2]])
+    scores = np.array([[0.9, 0.5, 0.5, 0.2, 0.2]])
+    # Equal scores in another order, and another member of the last (cut) group: the same.
+    assert_same_ranking(ids, scores, np.array([[4, 1, 7, 9, 3]]), scores)
+    with pytest.raises(AssertionError):  # a different id among untied scores
+        assert_same_ranking(ids, scores, np.array([[4, 7, 5, 9, 2]]), scores)
+    with pytest.raises(AssertionError):  # the same ids with different scores
+        assert_same_ranking(ids, scores, ids, scores + np.array([[0, 0, 0.1, 0, 0]]))
+    with pytest.raises(AssertionError):  # an id twice
+        assert_same_ranking(ids, scores, np.array([[4, 1, 7, 9, 9]]), scores)

@@ -51,7 +51,7 @@ def test_coder_checkpoint_serves_the_fused_embedding(coder_run, demo_data):
     result, out, _ = coder_run
     model = load_checkpoint(out, device="cpu")
     cfg = model.config
-    assert cfg.train.objective == "coder" and cfg.coder is not None
+    assert cfg.train["objective"] == "coder" and cfg.coder is not None
     assert cfg.embed_dim == SMALL["embed_size"] + CODER.concept_dim
     assert 2 <= len(cfg.coder.concepts) <= CODER.n_concepts
     captions = ["a red apple", "two cows to the left of a tree"]
@@ -93,7 +93,7 @@ def test_meet_heads_on_a_coder_encoder_keep_the_encoder(coder_run, demo_data, tm
         log=lambda m: None,
     )
     base, heads = load_checkpoint(coder_out, "cpu"), load_checkpoint(result.checkpoint, "cpu")
-    assert heads.config.coder == base.config.coder and heads.config.train.objective == "meet"
+    assert heads.config.coder == base.config.coder and heads.config.train["objective"] == "meet"
     captions = ["a red apple", "a cow"]
     # Frozen encoders: the dense space is exactly CODER's, the heads are new.
     assert np.array_equal(heads.encode_texts(captions).dense, base.encode_texts(captions).dense)

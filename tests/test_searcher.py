@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from meet_milvus import MeetSearcher
+from meet_milvus.cascade import HASH_KEEP, resolve_keep
 from meet_milvus.errors import MeetError
 from meet_milvus.results import Hit
 from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
 from meet_milvus_loaders.precomp import load_split
+from tests.ties import assert_same_ranking
 
 
 @pytest.mark.integration
@@ -52,13 +54,19 @@ def test_client_hamming_and_chunked_batches_give_the_same_hits(
 
     queries = split.captions[:6]
     expected = [[h.id for h in row] for row in searcher.search(queries, k=5)]
-    # Hamming ties at the cut may fall either way in Milvus and in the scan: keep every image.
-    both = [
-        MeetSearcher(demo_gallery, settings=runtime_settings, hash_mode=m, hash_keep_images=1.0)
+    # The Hamming stage at its default size: the same candidates in Milvus and in the scan, up
+    # to the order of equal distances and which of them the cut keeps.
+    encoded = searcher.encode_texts(queries)
+    milvus, client = (
+        MeetSearcher(demo_gallery, settings=runtime_settings, hash_mode=m)
+        .cascade("image", k=5)
+        .trace(encoded)[0]
+        .candidates
         for m in ("milvus", "client")
-    ]
-    milvus, client = ([[h.id for h in row] for row in s.search(queries, k=5)] for s in both)
-    assert client == milvus
+    )
+    rows = searcher.gallery.meta["image"].rows
+    assert milvus.width == client.width == resolve_keep(HASH_KEEP["image"], rows)
+    assert_same_ranking(milvus.ids, milvus.scores, client.ids, client.scores)
     monkeypatch.setattr(searcher_mod, "QUERY_CELLS", 2 * searcher.gallery.meta["image"].rows)
     chunked = searcher.search(queries, k=5)  # three cascade calls of two queries
     assert [[h.id for h in row] for row in chunked] == expected

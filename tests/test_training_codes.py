@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from meet_milvus.model.hashing import hamming, pack_codes
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import (
+    ProductQuantizer,
+    adc_scores,
+    adc_tables,
+    pq_encode,
+    pq_reconstruct,
+)
 from meet_milvus.model.vocab import UNK, Vocabulary
 
 pytestmark = pytest.mark.unit
@@ -91,3 +97,23 @@ def test_vocabulary_is_deterministic_and_maps_unknown_words():
     assert ids[2] == v.index[UNK]
     batch = v.batch(["a dog", "a"], max_len=10)
     assert batch["lengths"].tolist() == [4, 3] and batch["tokens"][1, 3] == 0
+
+
+def test_numpy_pq_of_the_runtime_equals_the_trainers_quantizer():
+    """The stages' numpy PQ (encode, reconstruct, ADC over shared or per-query codes) gives
+    what the torch ProductQuantizer gives for the same codebooks."""
+    g = torch.Generator().manual_seed(3)
+    q = ProductQuantizer(16, 4, 3)
+    q.fit(torch.randn(400, 16, generator=g), iters=5)
+    books = q.codebooks.numpy()
+    x, queries = torch.randn(50, 16, generator=g), torch.randn(6, 16, generator=g)
+    codes = pq_encode(x.numpy(), books)
+    assert codes.dtype == np.uint8
+    np.testing.assert_array_equal(codes, q.encode(x).numpy())
+    np.testing.assert_allclose(pq_reconstruct(codes, books), q.reconstruct(q.encode(x)).numpy())
+    tables = adc_tables(queries.numpy(), books)
+    expected = q.adc(queries, torch.from_numpy(codes.astype(np.int64))).numpy()
+    np.testing.assert_allclose(adc_scores(tables, codes), expected, rtol=1e-5, atol=1e-5)
+    picks = np.random.default_rng(0).integers(0, 50, size=(6, 9))  # each query's candidates
+    own = adc_scores(tables, codes[picks])
+    np.testing.assert_allclose(own, np.take_along_axis(expected, picks, 1), rtol=1e-5, atol=1e-5)

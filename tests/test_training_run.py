@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from meet_milvus.config import load_settings
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import CheckpointError, MeetError
 from meet_milvus.model import Encoded, MeetModel, ModelConfig, load_checkpoint
 from meet_milvus.model.quantization import ProductQuantizer
 from meet_milvus_loaders.precomp import Split, load_split, write_split
@@ -64,10 +64,15 @@ def _same(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_run_writes_best_and_last_checkpoints_with_logs(trained):
+def test_run_writes_best_and_last_checkpoints_with_logs(trained, model):
     out = trained.checkpoint
     assert [h.epoch for h in trained.history] == [1, 2]
-    assert trained.best_epoch in (1, 2)
+    # The best epoch is the first with the highest dev rSum sum (select="sum"), and the
+    # checkpoint written is that epoch's.
+    best = max(trained.history, key=lambda h: h.dev["sum"])
+    assert trained.best_epoch == best.epoch and trained.best == best.dev
+    assert [h.best for h in trained.history] == [True, trained.best_epoch == 2]
+    assert model.config.epoch == best.epoch and model.config.scores == best.dev
     for d in (out, out / "last"):
         for f in ("config.json", "model.safetensors", "codebooks.safetensors"):
             assert (d / f).is_file()
@@ -76,12 +81,34 @@ def test_run_writes_best_and_last_checkpoints_with_logs(trained):
     assert len(json.loads((out / "history.json").read_text())) == 2
     for h in trained.history:
         assert set(h.dev) == {"dense", "hash", "pq", "sum"}
-        assert 0 <= h.dev["dense"] <= 600 and h.samples_per_s > 0
+        assert h.dev["sum"] == pytest.approx(h.dev["dense"] + h.dev["hash"] + h.dev["pq"])
+        assert h.samples_per_s > 0
         assert {"rank_dense", "rank_hash", "lf", "lq"} <= set(h.loss)
     # The test split of the best checkpoint was evaluated after training.
     assert set(trained.test) == {"dense", "hash", "pq"}
     config = json.loads((out / "config.json").read_text())
-    assert config["format_version"] == 1 and config["train"]["margin"] == 0.2
+    assert config["format_version"] == 2 and config["train"]["margin"] == 0.2
+    # The network's shape is the model's own (format 2), copied from the run's config.
+    assert (config["attn_dim"], config["pool_heads"]) == (TINY["attn_dim"], TINY["pool_heads"])
+
+
+def test_a_format_1_checkpoint_still_loads(trained, model, dev, tmp_path):
+    """Before the model config was split from the training config, config.json kept the
+    network's shape inside `train` (format 1): such a checkpoint loads and encodes the same."""
+    old = tmp_path / "format1"
+    shutil.copytree(trained.checkpoint, old, ignore=shutil.ignore_patterns("last", "tb"))
+    config = json.loads((old / "config.json").read_text())
+    shape = ("word_dim", "attn_dim", "pool_heads", "dropout", "feature_dropout", "mlp")
+    assert all(config["train"][k] == config.pop(k) for k in shape)
+    (old / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    again = load_checkpoint(old, device="cpu")
+    assert again.config.format_version == 2 and again.config.attn_dim == TINY["attn_dim"]
+    assert again.config.fingerprint == model.config.fingerprint
+    a, b = model.encode_texts(dev.captions[:3]), again.encode_texts(dev.captions[:3])
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.pq_codes, b.pq_codes)
+    (old / "config.json").write_text(json.dumps({**config, "format_version": 9}))
+    with pytest.raises(CheckpointError, match="format version 9, this meet-milvus reads 1, 2"):
+        load_checkpoint(old, device="cpu")
 
 
 def test_frozen_text_model_is_referenced_not_copied(model, trained):
@@ -129,9 +156,9 @@ def test_fingerprint_is_stable_across_reloads(model, trained, dev):
     a = model.encode_texts(dev.captions[:4])
     b = again.encode_texts(dev.captions[:4])
     assert np.array_equal(a.dense, b.dense) and np.array_equal(a.pq_codes, b.pq_codes)
-    last = load_checkpoint(trained.checkpoint / "last", device="cpu")
-    if trained.best_epoch != 2:
-        assert last.config.fingerprint != model.config.fingerprint
+    last = load_checkpoint(trained.checkpoint / "last", device="cpu")  # epoch 2's
+    same = last.config.fingerprint == model.config.fingerprint
+    assert same == (trained.best_epoch == 2)
 
 
 def test_raw_image_files_encode_like_their_features(model, dev):

@@ -3,12 +3,44 @@
 A code is the nearest codeword (l2) per sub-space, which is what Milvus IVF_PQ (m=M, nbits=K)
 stores for the same vectors. Scores are asymmetric (ADC): a continuous query against the
 reconstruction of a coded gallery, computed through per-query lookup tables.
+
+`ProductQuantizer` (torch) fits, encodes and scores during training; the numpy functions below
+do the same for the runtime's stages and the benchmarks, on codebooks (M, 2**K, H // M).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def pq_encode(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """(N, H) vectors -> (N, M) uint8 codes: the nearest codeword (l2) per sub-space."""
+    m, _, d = codebooks.shape
+    sub = np.asarray(x, np.float32).reshape(len(x), m, 1, d)
+    return ((sub - codebooks[None]) ** 2).sum(-1).argmin(-1).astype(np.uint8)
+
+
+def pq_reconstruct(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """(N, M) codes -> (N, H) float32 codeword concatenations."""
+    m = np.arange(codebooks.shape[0])
+    return codebooks[m, np.asarray(codes).astype(np.intp)].reshape(len(codes), -1)
+
+
+def adc_tables(head: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """(nq, M, 2**K) lookup tables: each query's sub-vectors against every codeword."""
+    m, _, d = codebooks.shape
+    return np.einsum("qmd,mcd->qmc", np.asarray(head, np.float32).reshape(-1, m, d), codebooks)
+
+
+def adc_scores(tables: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(nq, n) inner products <query, reconstruction> from `adc_tables`: codes (n, M) shared by
+    every query, or (nq, n, M) per query (each query's own candidates)."""
+    if codes.ndim == 2:
+        return sum(tables[:, m, codes[:, m]] for m in range(codes.shape[1]))
+    rows = np.arange(len(tables))[:, None]
+    return sum(tables[rows, m, codes[:, :, m]] for m in range(codes.shape[2]))
 
 
 def kmeans(

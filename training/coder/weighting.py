@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
+
+from meet_milvus_training.weighting import masked_softmax
 
 
 def diversity_weights(similarities: Tensor, mask: Tensor, temperature: float = 0.1) -> Tensor:
@@ -14,11 +15,4 @@ def diversity_weights(similarities: Tensor, mask: Tensor, temperature: float = 0
     entries weigh zero. The weights are constants for the gradient (an importance weighting, not
     a path for the similarities to learn through).
     """
-    if temperature <= 0:
-        raise ValueError(f"weighting temperature must be positive, got {temperature}")
-    logits = (similarities.detach() / temperature).masked_fill(~mask, float("-inf"))
-    # Rows without any valid negative would softmax to NaN; give them a finite dummy row.
-    empty = ~mask.any(dim=1, keepdim=True)
-    probs = torch.softmax(logits.masked_fill(empty, 0.0), dim=1)
-    weights = probs * mask.sum(dim=1, keepdim=True)
-    return weights.masked_fill(~mask, 0.0)
+    return masked_softmax(similarities, mask, temperature, dim=1) * mask.sum(dim=1, keepdim=True)
