@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pymilvus import DataType
 
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import MeetError, ServerUnavailableError
 from meet_milvus.server import EmbeddedServer, connect, server_version
 from tests.plugins.milvus import embedded_settings
 
@@ -185,11 +185,13 @@ def test_server_start_status_stop(tmp_path):
 @pytest.mark.integration
 def test_uri_not_answering_is_one_line(tmp_path):
     settings = embedded_settings(tmp_path, milvus_uri="http://127.0.0.1:9")
-    with pytest.raises(MeetError, match=r"^Milvus at http://127.0.0.1:9: not answering$"):
+    answer = r"^Milvus at http://127.0.0.1:9: not answering$"
+    with pytest.raises(ServerUnavailableError, match=answer):
         connect(settings, timeout=2)
     # Credentials in the URI are not echoed.
     settings = embedded_settings(tmp_path, milvus_uri="http://bob:hunter2@127.0.0.1:9")
-    with pytest.raises(MeetError, match=r"^Milvus at http://\*\*\*@127.0.0.1:9: not answering$"):
+    answer = r"^Milvus at http://\*\*\*@127.0.0.1:9: not answering$"
+    with pytest.raises(ServerUnavailableError, match=answer):
         connect(settings, timeout=2)
     env_uri = {**os.environ, "MEET_MILVUS_URI": "http://127.0.0.1:9"}
     done = subprocess.run(
