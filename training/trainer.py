@@ -66,6 +66,23 @@ class TrainResult:
     test: dict | None = None  # {"dense"|"hash"|"pq": Recall} of the best checkpoint on test
 
 
+@dataclass
+class _Run:
+    """What a training run carries from epoch to epoch."""
+
+    net: MeetNet
+    quantizer: ProductQuantizer
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    batcher: Callable
+    encoder: MeetModel  # the live network wrapped for validation
+    start_epoch: int = 0
+    best: dict[str, float] | None = None
+    best_epoch: int = 0
+    history: list[EpochLog] = field(default_factory=list)
+
+
 def _summary_writer(path: Path):
     """TensorBoard's writer; tensorboard comes with the `train` extra (serving needs none)."""
     try:  # tensorboard loads slowly: only when a run starts
@@ -240,8 +257,57 @@ class Trainer:
             torch.use_deterministic_algorithms(deterministic)
 
     def _run(self, resume: Path | None) -> TrainResult:
+        """Set up (fresh, --init_from or resumed), then per epoch: train, validate, save."""
         c = self.config
         started = time.perf_counter()
+        run = self._set_up(resume)
+        self.output.mkdir(parents=True, exist_ok=True)
+        tb = _summary_writer(self.output / "tb")
+        self.log(
+            f"training {c.objective} on {c.data_name}: {self.train_split.n_images} images, "
+            f"{self.train_split.n_captions} captions, text {c.text_encoder}, device {self.device}"
+        )
+        try:
+            for epoch in range(run.start_epoch, c.num_epochs):
+                t0 = time.perf_counter()
+                loss, seconds, samples = self._train_epoch(
+                    epoch, run.net, run.objective, run.quantizer, run.optimizer, run.scaler,
+                    run.batcher, tb,
+                )  # fmt: skip
+                dev = self._evaluate(run, epoch, tb)
+                entry = EpochLog(
+                    epoch=epoch + 1,
+                    loss=loss,
+                    dev=dev,
+                    train_seconds=seconds,
+                    epoch_seconds=time.perf_counter() - t0,
+                    samples_per_s=samples / max(seconds, 1e-9),
+                    best=run.best is None or dev[c.select] > run.best[c.select],
+                )
+                tb.add_scalar("train/samples_per_s", entry.samples_per_s, epoch + 1)
+                self._save(run, entry)
+                self.log(
+                    f"epoch {epoch + 1}/{c.num_epochs}: loss {loss['total']:.3f}  dev rSum "
+                    f"dense {dev['dense']:.1f}  hash {dev['hash']:.1f}  pq {dev['pq']:.1f}"
+                    f"{'  (best)' if entry.best else ''}  [{entry.epoch_seconds:.0f}s, "
+                    f"{entry.samples_per_s:.0f} samples/s]"
+                )
+        finally:
+            tb.close()
+        result = TrainResult(
+            checkpoint=self.output,
+            best_epoch=run.best_epoch,
+            best=run.best or {},
+            history=run.history,
+            seconds=time.perf_counter() - started,
+        )
+        result.test = self._test(result)
+        return result
+
+    def _set_up(self, resume: Path | None) -> _Run:
+        """Data, objective, network and codebooks (fresh, --init_from, or the resumed run's),
+        optimizer; a resumed run's state restored, a fresh run's codebooks fitted."""
+        c = self.config
         if c.workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._load_data()
@@ -274,89 +340,62 @@ class Trainer:
                 f"data set {c.data_name!r} has {data_mod.feature_dim(self.train_split)}"
             )
         optimizer = self._optimizer(net, objective)
-        scaler = torch.amp.GradScaler("cuda") if self.cuda else None
         batcher = self._text_batcher(net)
-        encoder = MeetModel(net, quantizer, self.model_config, self.device, text_batcher=batcher)
-
-        start_epoch, best, best_epoch, history = 0, None, 0, []
+        run = _Run(
+            net=net,
+            quantizer=quantizer,
+            objective=objective,
+            optimizer=optimizer,
+            scaler=torch.amp.GradScaler("cuda") if self.cuda else None,
+            batcher=batcher,
+            encoder=MeetModel(net, quantizer, self.model_config, self.device, text_batcher=batcher),
+        )
         if resume is not None:
             state = load_training_state(last, optimizer, objective)
-            start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
-            history = [EpochLog(**h) for h in state["history"]]
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            self.log(f"resumed from {last} after epoch {start_epoch}")
+            run.start_epoch, run.best = state["epoch"], state["best"]
+            run.best_epoch = state["best_epoch"]
+            run.history = [EpochLog(**h) for h in state["history"]]
+            if run.scaler is not None and state.get("scaler"):
+                run.scaler.load_state_dict(state["scaler"])
+            self.log(f"resumed from {last} after epoch {run.start_epoch}")
         else:
             shutil.rmtree(self.output / "tb", ignore_errors=True)
-            self._refresh_codebooks(encoder, quantizer, epoch=-1)
+            self._refresh_codebooks(run.encoder, quantizer, epoch=-1)
+        return run
 
-        self.output.mkdir(parents=True, exist_ok=True)
-        tb = _summary_writer(self.output / "tb")
-        self.log(
-            f"training {c.objective} on {c.data_name}: {self.train_split.n_images} images, "
-            f"{self.train_split.n_captions} captions, text {c.text_encoder}, device {self.device}"
+    def _evaluate(self, run: _Run, epoch: int, tb) -> dict[str, float]:
+        """After an epoch's steps: the objective's epoch hook, fresh codebooks, dev rSums."""
+        run.objective.on_epoch_end(run.net, epoch)
+        self._refresh_codebooks(run.encoder, run.quantizer, epoch)
+        dev = rsums(self._recalls(run.encoder, self.dev_split))
+        for k, v in dev.items():
+            tb.add_scalar(f"dev/rsum_{k}", v, epoch + 1)
+        return dev
+
+    def _save(self, run: _Run, entry: EpochLog) -> None:
+        """The epoch's checkpoint (as the best one too when it is), the resumable state in
+        `last/`, and the history."""
+        run.history.append(entry)
+        mc = self.model_config.model_copy(update={"epoch": entry.epoch, "scores": entry.dev})
+        if entry.best:
+            run.best, run.best_epoch = entry.dev, entry.epoch
+            save_checkpoint(self.output, run.net, run.quantizer, mc)
+        last = self.output / "last"
+        save_checkpoint(last, run.net, run.quantizer, mc)
+        save_training_state(
+            last,
+            run.optimizer,
+            run.objective,
+            {
+                "epoch": entry.epoch,
+                "best": run.best,
+                "best_epoch": run.best_epoch,
+                "history": [asdict(h) for h in run.history],
+                "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            },
         )
-        try:
-            for epoch in range(start_epoch, c.num_epochs):
-                t0 = time.perf_counter()
-                loss, seconds, samples = self._train_epoch(
-                    epoch, net, objective, quantizer, optimizer, scaler, batcher, tb
-                )
-                objective.on_epoch_end(net, epoch)
-                self._refresh_codebooks(encoder, quantizer, epoch)
-                dev = rsums(self._recalls(encoder, self.dev_split))
-                is_best = best is None or dev[c.select] > best[c.select]
-                entry = EpochLog(
-                    epoch=epoch + 1,
-                    loss=loss,
-                    dev=dev,
-                    train_seconds=seconds,
-                    epoch_seconds=time.perf_counter() - t0,
-                    samples_per_s=samples / max(seconds, 1e-9),
-                    best=is_best,
-                )
-                history.append(entry)
-                for k, v in dev.items():
-                    tb.add_scalar(f"dev/rsum_{k}", v, epoch + 1)
-                tb.add_scalar("train/samples_per_s", entry.samples_per_s, epoch + 1)
-                mc = self.model_config.model_copy(update={"epoch": epoch + 1, "scores": dev})
-                if is_best:
-                    best, best_epoch = dev, epoch + 1
-                    save_checkpoint(self.output, net, quantizer, mc)
-                last = self.output / "last"
-                save_checkpoint(last, net, quantizer, mc)
-                save_training_state(
-                    last,
-                    optimizer,
-                    objective,
-                    {
-                        "epoch": epoch + 1,
-                        "best": best,
-                        "best_epoch": best_epoch,
-                        "history": [asdict(h) for h in history],
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                    },
-                )
-                (self.output / "history.json").write_text(
-                    json.dumps([asdict(h) for h in history], indent=2)
-                )
-                self.log(
-                    f"epoch {epoch + 1}/{c.num_epochs}: loss {loss['total']:.3f}  dev rSum "
-                    f"dense {dev['dense']:.1f}  hash {dev['hash']:.1f}  pq {dev['pq']:.1f}"
-                    f"{'  (best)' if is_best else ''}  [{entry.epoch_seconds:.0f}s, "
-                    f"{entry.samples_per_s:.0f} samples/s]"
-                )
-        finally:
-            tb.close()
-        result = TrainResult(
-            checkpoint=self.output,
-            best_epoch=best_epoch,
-            best=best or {},
-            history=history,
-            seconds=time.perf_counter() - started,
-        )
-        result.test = self._test(result)
-        return result
+        history = json.dumps([asdict(h) for h in run.history], indent=2)
+        (self.output / "history.json").write_text(history)
 
     def _train_epoch(self, epoch, net, objective, quantizer, optimizer, scaler, batcher, tb):
         c = self.config
