@@ -62,7 +62,13 @@ from meet_milvus.errors import MeetError
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.server import EmbeddedServer, connect
 from meet_milvus.tier import LocalTier, open_tier
-from meet_milvus_loaders.milvus_loader import Items, build_tiers, neighbour_stats, write_gallery
+from meet_milvus_loaders.milvus_loader import (
+    Items,
+    Origin,
+    build_tiers,
+    neighbour_stats,
+    write_gallery,
+)
 
 K = 10
 
@@ -156,10 +162,8 @@ def load_synthetic(client, settings: Settings, name: str, g: SyntheticGallery) -
         ),
     }
     s = g.spec
-    write_gallery(
-        client, name, items, fingerprint=f"synthetic-{s.key()}", H=s.bits, M=s.pq_m,
-        K=s.pq_nbits, source=f"synthetic/{s.n_items}", progress=True,
-    )  # fmt: skip
+    origin = Origin(f"synthetic-{s.key()}", s.bits, s.pq_m, s.pq_nbits, f"synthetic/{s.n_items}")
+    write_gallery(client, name, items, origin, progress=True)
     build_tiers(client, name, settings, click.echo, items)  # as `meet-milvus load` does
     return time.perf_counter() - start
 

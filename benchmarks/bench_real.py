@@ -35,7 +35,7 @@ from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.tier import ann_nlist, open_tier
-from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
+from meet_milvus_loaders.milvus_loader import Origin, encode_split, split_items, write_gallery
 from meet_milvus_loaders.precomp import Split, load_split
 
 K = 10
@@ -152,10 +152,9 @@ def main(data_dir: Path | None, bench_dir: Path, port: int, out: Path) -> None: 
         entry["needed_for_95pct"] = code_needs(q, g, codebooks, truth)
         name = "real_" + split.split
         items = split_items(split, images, texts)
-        c = model.config
         start = time.perf_counter()
-        write_gallery(client, name, items, fingerprint=c.fingerprint, H=c.H, M=c.M, K=c.K,
-                      source=f"demo/{split.split}", progress=False)  # fmt: skip
+        origin = Origin.of(model, f"demo/{split.split}")
+        write_gallery(client, name, items, origin, progress=False)
         entry["load_s"] = time.perf_counter() - start
         entry["end_to_end"] = end_to_end(client, bench_settings, name, gallery_m, q, truth,
                                          codebooks)  # fmt: skip

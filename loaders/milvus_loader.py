@@ -66,6 +66,24 @@ class Items:
         return {"id": i, **{f: values[f]() for f in fields}}
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a gallery's rows come from, recorded in each of its collections: the model (its
+    fingerprint and code sizes), the data split, and where the checkpoint was."""
+
+    fingerprint: str
+    H: int
+    M: int
+    K: int
+    source: str  # data set and split, e.g. "demo/test"
+    checkpoint: str = ""
+
+    @classmethod
+    def of(cls, model: MeetModel, source: str, checkpoint: str = "") -> Origin:
+        c = model.config
+        return cls(c.fingerprint, c.H, c.M, c.K, source, checkpoint)
+
+
 @dataclass
 class LoadReport:
     """What a load did: per collection the rows found before, inserted, and finally held."""
@@ -129,13 +147,8 @@ def write_gallery(
     client: MilvusClient,
     gallery: str,
     items: dict[Modality, Items],
+    origin: Origin,
     *,
-    fingerprint: str,
-    H: int,
-    M: int,
-    K: int,
-    source: str,
-    checkpoint: str = "",
     drop: bool = False,
     layout: Layout | None = None,
     progress: bool = True,
@@ -152,8 +165,7 @@ def write_gallery(
     layout = cols.find_layout(client, gallery) or layout
     layout = layout or Layout.for_version(server_version(client))
     report = LoadReport(gallery, layout.kind)
-    metas = {m: _meta(gallery, m, layout, items[m], fingerprint, H, M, K, source, checkpoint)
-             for m in MODALITIES}  # fmt: skip
+    metas = {m: _meta(gallery, m, layout, items[m], origin) for m in MODALITIES}
     for modality, meta in metas.items():  # check everything before writing anything
         for name in layout.collections(gallery, modality):
             if client.has_collection(name):
@@ -182,27 +194,22 @@ def _meta(
     modality: Modality,
     layout: Layout,
     rows: Items,
-    fingerprint: str,
-    H: int,
-    M: int,
-    K: int,
-    source: str,
-    checkpoint: str,
+    origin: Origin,
 ) -> GalleryMeta:
     return GalleryMeta(
         gallery=gallery,
         modality=modality,
         layout=layout.kind,
-        fingerprint=fingerprint,
-        H=H,
-        M=M,
-        K=K,
+        fingerprint=origin.fingerprint,
+        H=origin.H,
+        M=origin.M,
+        K=origin.K,
         embed_dim=int(rows.encoded.dense.shape[1]),
         neighbours=int(rows.neighbours.shape[1]),
         rows=len(rows),
         nlist=cols.default_nlist(len(rows)),
-        source=source,
-        checkpoint=checkpoint,
+        source=origin.source,
+        checkpoint=origin.checkpoint,
     )
 
 
@@ -366,20 +373,8 @@ def load(
         echo(f"note: {long} captions exceed {model.max_text_len} tokens and are truncated")
     images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
     items = split_items(source, images, texts, neighbours)
-    c = model.config
-    report = write_gallery(
-        client,
-        collection,
-        items,
-        fingerprint=c.fingerprint,
-        H=c.H,
-        M=c.M,
-        K=c.K,
-        source=f"{data}/{split}",
-        checkpoint=str(path.resolve()),
-        drop=drop,
-        progress=progress,
-    )
+    origin = Origin.of(model, f"{data}/{split}", str(path.resolve()))
+    report = write_gallery(client, collection, items, origin, drop=drop, progress=progress)
     build_tiers(client, collection, settings, echo, items)
     return report
 

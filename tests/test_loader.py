@@ -1,5 +1,7 @@
 """The Milvus loader on real demo data and the test Milvus: counts, idempotency, resume, refusal."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,13 @@ from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.errors import MeetError
 from meet_milvus.server import connect
-from meet_milvus_loaders.milvus_loader import load, neighbour_stats, split_items, write_gallery
+from meet_milvus_loaders.milvus_loader import (
+    Origin,
+    load,
+    neighbour_stats,
+    split_items,
+    write_gallery,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +36,10 @@ def demo_items(runtime_settings, demo_checkpoint):
 
 
 def _write(client, name, model, items, **kw):
-    c = model.config
-    return write_gallery(
-        client, name, items, fingerprint=kw.pop("fingerprint", c.fingerprint), H=c.H, M=c.M,
-        K=c.K, source="demo/test", progress=False, **kw,
-    )  # fmt: skip
+    origin = Origin.of(model, "demo/test")
+    if "fingerprint" in kw:
+        origin = replace(origin, fingerprint=kw.pop("fingerprint"))
+    return write_gallery(client, name, items, origin, progress=False, **kw)
 
 
 @pytest.mark.unit

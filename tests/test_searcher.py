@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from meet_milvus.errors import (
 )
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.results import Hit
-from meet_milvus_loaders.milvus_loader import encode_split, split_items, write_gallery
+from meet_milvus_loaders.milvus_loader import Origin, encode_split, split_items, write_gallery
 from meet_milvus_loaders.precomp import load_split
 from tests.ties import assert_same_ranking
 
@@ -111,12 +112,9 @@ def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher,
         MeetSearcher("t_nothing", checkpoint=demo_checkpoint, settings=runtime_settings)
     split = load_split(runtime_settings.data_dir, "demo", "test")
     images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 64, False)
-    c = searcher.model.config
-    write_gallery(
-        searcher.client, "t_foreign", split_items(split, images, texts, 4),
-        fingerprint="f" * 32, H=c.H, M=c.M, K=c.K, source="demo/test", drop=True,
-        progress=False,
-    )  # fmt: skip
+    origin = replace(Origin.of(searcher.model, "demo/test"), fingerprint="f" * 32)
+    items = split_items(split, images, texts, 4)
+    write_gallery(searcher.client, "t_foreign", items, origin, drop=True, progress=False)
     with pytest.raises(GalleryMismatchError, match="loaded with model ffffffffffff, not with"):
         MeetSearcher("t_foreign", checkpoint=demo_checkpoint, settings=runtime_settings)
 
