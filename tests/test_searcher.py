@@ -100,6 +100,25 @@ def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher,
         MeetSearcher("t_foreign", checkpoint=demo_checkpoint, settings=runtime_settings)
 
 
+def test_a_gallery_whose_rows_changed_is_refused_until_reloaded(
+    runtime_settings, searcher, demo_checkpoint
+):
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 64, False)
+    items, c = split_items(split, images, texts, 4), searcher.model.config
+    write = dict(fingerprint=c.fingerprint, H=c.H, M=c.M, K=c.K, source="demo/test",
+                 progress=False)  # fmt: skip
+    write_gallery(searcher.client, "t_rows", items, drop=True, **write)
+    searcher.client.load_collection("t_rows_text_pq")
+    searcher.client.insert("t_rows_text_pq", [items["text"].row(7, ["head", "codes"])])
+    searcher.client.flush("t_rows_text_pq")  # a row stored twice, sealed
+    with pytest.raises(MeetError, match="t_rows_text_pq holds 101 rows, the gallery has 100"):
+        MeetSearcher("t_rows", checkpoint=demo_checkpoint, settings=runtime_settings)
+    write_gallery(searcher.client, "t_rows", items, **write)  # what `meet-milvus load` runs
+    again = MeetSearcher("t_rows", checkpoint=demo_checkpoint, settings=runtime_settings)
+    assert len(again.search(split.captions[0], k=3)) == 3
+
+
 def test_a_silent_milvus_is_named(runtime_settings, demo_checkpoint):
     with pytest.raises(MeetError, match="127.0.0.1:9"):
         MeetSearcher("t_demo", checkpoint=demo_checkpoint, uri="http://127.0.0.1:9",

@@ -8,7 +8,13 @@ from torch import Tensor, nn
 
 from training.coder.fusion import ConceptFusion
 from training.config import ModelConfig
-from training.encoders import BertTextEncoder, BiGRUTextEncoder, ImageEncoder, load_transformer
+from training.encoders import (
+    BertTextEncoder,
+    BiGRUTextEncoder,
+    ImageEncoder,
+    LazyTransformer,
+    load_transformer,
+)
 from training.hashing import HashHead
 from training.vocab import Vocabulary
 
@@ -111,7 +117,11 @@ def build_net(config: ModelConfig, vocab: Vocabulary | None = None) -> MeetNet:
             raise ValueError("the BiGRU text encoder needs a vocabulary")
         text: nn.Module = BiGRUTextEncoder(vocab, t.word_dim, embed, *pool, config.max_text_len)
     else:
-        transformer, tokenizer = load_transformer(config.text_model)
+        # Frozen: read on first use (cached token states and image queries never need it).
+        if config.text_finetune:
+            transformer, tokenizer = load_transformer(config.text_model)
+        else:
+            transformer, tokenizer = LazyTransformer(config.text_model), None
         text = BertTextEncoder(
             transformer,
             tokenizer,

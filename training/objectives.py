@@ -29,7 +29,7 @@ from training.data import Batch
 from training.losses import QuantizationLoss, RankingLoss, SimilarityPreservationLoss
 from training.miners import NegativeFilter, kept_fraction
 from training.network import MeetNet, Outputs
-from training.quantization import ProductQuantizer
+from training.quantization import Quantizers
 from training.weighting import HardnessWeighting
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class StepContext:
     epoch: int
     step: int
     net: MeetNet
-    quantizer: ProductQuantizer
+    quantizer: Quantizers
 
 
 @dataclass
@@ -149,8 +149,8 @@ class MeetObjective(Objective):
             parts["lf"] = self.lf(img_h, txt_h, dense)
         if c.lq:
             q = ctx.quantizer
-            parts["lq"] = self.lq(img_h, q.reconstruct(q.encode(img_h))) + self.lq(
-                txt_h, q.reconstruct(q.encode(txt_h))
+            parts["lq"] = self.lq(img_h, q.quantize(img_h, "image")) + self.lq(
+                txt_h, q.quantize(txt_h, "text")
             )
         total = parts["rank_dense"] + parts["rank_hash"]
         if "lf" in parts:
