@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meet_milvus.model.hashing import pack_codes
 from meet_milvus.model.quantization import pq_encode, pq_reconstruct
 
 CHUNK = (
@@ -121,7 +122,7 @@ def generate(
     head = _array(out, "head", (spec.n_items, spec.bits), np.float32)
     for start in range(0, spec.n_items, CHUNK):
         head[start : start + CHUNK] = encode_head(dense[start : start + CHUNK], weight, bias)
-    hash_codes = np.packbits(head > 0, axis=1)
+    hash_codes = pack_codes(head)
     codebooks, pq_codes = _fit_pq(spec, head)
 
     rng = np.random.default_rng([spec.seed, 3])
@@ -130,7 +131,7 @@ def generate(
     q_dense = np.asarray(dense[q_source], dtype=np.float32)
     q_dense = _normalise(q_dense + spec.query_noise * noise)
     q_head = encode_head(q_dense, weight, bias)
-    q_hash_codes = np.packbits(q_head > 0, axis=1)
+    q_hash_codes = pack_codes(q_head)
     log("  exact top-k ...")
     truth_ids, truth_scores = exact_topk(q_dense, dense, spec.k)
 

@@ -11,5 +11,9 @@ else
     meet-train --data_name demo
 fi
 meet-milvus load --collection demo
-meet-milvus search "a tiger next to a flower" --collection demo -k 5
+meet-milvus search "three wooden cottages" --collection demo -k 5
 meet-milvus eval --collection demo
+# The COCO-like test: training stamps in new scenes.
+meet-milvus load --collection demo_seen --data demo --split test_seen
+meet-milvus search "a lionfish, the moon as a crescent and two electric kettles" --collection demo_seen -k 5
+meet-milvus eval --collection demo_seen

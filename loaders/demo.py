@@ -1,7 +1,10 @@
 """The demo data set: real Tux Paint stamps, alone and composed into scenes, five captions each.
 
 Stamps (not images) are partitioned into train/dev/test, so no dev or test stamp is ever seen in
-training; stamps that share a name ("A cow.") fall in the same part. Each split mixes
+training; stamps that share a name ("A cow.") fall in the same part: "test" is a zero-shot transfer
+task, stricter than COCO. "test_seen" is the COCO-like one: training stamps in new scenes (scenes
+only; no multiset of stamps that a training scene holds), as COCO's test photos show objects seen
+in training in new pictures. Each of train/dev/test mixes
   - singles: one stamp on white, captioned by its real description plus four variants, and
   - scenes: 2-4 stamps on one canvas, captioned from their names, counts and positions
     ("A tiger to the left of two red roses.").
@@ -29,6 +32,7 @@ from meet_milvus_loaders.stamps import Stamp, fetch_package, load_stamps
 
 NAME = "demo"
 SPLITS = ("train", "dev", "test")
+SEEN = "test_seen"  # training stamps in new scenes; as many images as "test" unless sized
 DEFAULT_SIZES = {"train": 4000, "dev": 500, "test": 1000}
 FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 CANVAS = 224
@@ -118,6 +122,31 @@ def plan_split(stamps: list[Stamp], n_images: int, seed: int, split_index: int) 
     while len(pictures) < n_images:
         pictures.append(_scene(group_list, rng))
     return [pictures[i] for i in rng.permutation(len(pictures))]
+
+
+def plan_seen(train: list[Picture], stamps: list[Stamp], n_images: int, seed: int) -> list[Picture]:
+    """`n_images` scenes of training `stamps` whose stamps (with their counts) no training
+    picture holds: known objects in new compositions, counts and positions."""
+    if n_images < 1:
+        raise DataSetError(f"demo: a split needs at least one image, got {n_images}")
+    rng = np.random.default_rng([seed, 1, len(SPLITS)])
+    groups: dict[str, list[Stamp]] = {}
+    for s in stamps:
+        groups.setdefault(s.group, []).append(s)
+    group_list = [groups[k] for k in sorted(groups)]
+    seen = {_composition(p) for p in train}
+    pictures: list[Picture] = []
+    for _ in range(50 * n_images):  # new compositions are plentiful; a bound all the same
+        picture = _scene(group_list, rng)
+        if _composition(picture) not in seen:
+            pictures.append(picture)
+            if len(pictures) == n_images:
+                return pictures
+    raise DataSetError(f"demo: too few new scenes of {len(stamps)} training stamps for {n_images}")
+
+
+def _composition(picture: Picture) -> tuple[str, ...]:
+    return tuple(sorted(p.stamp.key for p in picture.placements))
 
 
 def _single(stamp: Stamp, rng: np.random.Generator) -> Picture:
@@ -367,6 +396,7 @@ def build_demo(
     """Fetch the stamps (cached), plan, render, extract features (cached) and write the demo."""
     start = time.perf_counter()
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    sizes.setdefault(SEEN, sizes["test"])
     say = log or (lambda _msg: None)
     stamps_dir = fetch_package(cache_dir)
     stamps = load_stamps(stamps_dir)
@@ -378,8 +408,13 @@ def build_demo(
     renderer = Renderer()
     report = DemoReport(root=root, seed=seed, n_stamps=len(stamps))
     meta = {"seed": seed, "sizes": sizes, "package": _package_name(stamps_dir), "splits": {}}
-    for index, split in enumerate(SPLITS):
-        pictures = plan_split(parts[split], sizes[split], seed, index)
+    planned: dict[str, list[Picture]] = {}
+    for index, split in enumerate((*SPLITS, SEEN)):
+        if split == SEEN:
+            pictures = plan_seen(planned["train"], parts["train"], sizes[SEEN], seed)
+        else:
+            pictures = plan_split(parts[split], sizes[split], seed, index)
+        planned[split] = pictures
         image_dir = root / "images" / split
         shutil.rmtree(image_dir, ignore_errors=True)
         image_dir.mkdir(parents=True)
@@ -407,7 +442,7 @@ def build_demo(
             ),
         )
         meta["splits"][split] = {
-            "stamps": [s.key for s in parts[split]],
+            "stamps": [s.key for s in parts["train" if split == SEEN else split]],
             "images": [p.stamp_keys for p in pictures],
         }
         report.rows.append(
@@ -415,7 +450,7 @@ def build_demo(
                 "split": split,
                 "images": len(pictures),
                 "captions": len(captions),
-                "stamps": len(parts[split]),
+                "stamps": len(parts["train" if split == SEEN else split]),
                 "singles": sum(len(p.placements) == 1 for p in pictures),
             }
         )

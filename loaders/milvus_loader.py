@@ -2,8 +2,10 @@
 re-ranker's per-item statistics (layout in meet_milvus.gallery_layout).
 
 Idempotent and resumable without upserts: an item's primary key is its position in the source
-split, rows go in in key order, and a load first counts what each collection already holds
-(keys 0..n-1) and inserts only the rest. The final counts are checked against the source.
+split, and a load first reads which keys each collection already holds and inserts only the
+rest. Whatever state it starts from (an interrupted load, a server that crashed with rows in
+growing segments, a collection without its index), it ends durable: flushed, and every
+collection verified to hold each key 0..n-1 exactly once, with its index.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.config import Settings
 from meet_milvus.errors import CheckpointError, GalleryMismatchError, ParameterError
 from meet_milvus.gallery_layout import MODALITIES, GalleryMeta, Layout, Modality
+from meet_milvus.inputs import check_count, check_name
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
+from meet_milvus.progress import progress_bar
 from meet_milvus.server import connect, server_version
 from meet_milvus.tier import Chunk, open_tier, tier_dir, write_tier
 from meet_milvus_loaders.precomp import Split, load_split
@@ -152,8 +155,10 @@ def write_gallery(
     drop: bool = False,
     layout: Layout | None = None,
     progress: bool = True,
+    echo: Callable[[str], None] = log.info,
 ) -> LoadReport:
-    """Create the gallery's collections (or find them), insert the rows they lack, verify.
+    """Create the gallery's collections (or find them, finishing a half-made one), insert the
+    rows they lack, rebuild one holding rows a load never writes, flush, verify.
 
     Refuses to add to a gallery built from another model or source (`drop` rebuilds it).
     """
@@ -162,29 +167,47 @@ def write_gallery(
     if drop:
         for name in cols.drop(client, gallery):
             log.info("dropped %s", name)
-    layout = cols.find_layout(client, gallery) or layout
-    layout = layout or Layout.for_version(server_version(client))
+    version = server_version(client)
+    layout = cols.find_layout(client, gallery) or layout or Layout.for_version(version)
     report = LoadReport(gallery, layout.kind)
-    metas = {m: _meta(gallery, m, layout, items[m], origin) for m in MODALITIES}
+    indexes = cols.index_family(version)
+    metas = {m: _meta(gallery, m, layout, items[m], origin, indexes) for m in MODALITIES}
     for modality, meta in metas.items():  # check everything before writing anything
         for name in layout.collections(gallery, modality):
             if client.has_collection(name):
                 _check_same(cols.read_meta(client, name), meta, name, gallery)
     names = [n for meta in metas.values() for n in cols.create(client, meta)]
     cols.load_all(client, names)
-    have = cols.each(lambda n: milvus_arrays.count(client, n), names)  # Strong: all writes
-    for modality in MODALITIES:
-        _insert(client, layout, gallery, modality, items[modality], have, report, progress)
-    # Seal every segment, also of collections found full: rows an earlier, interrupted load
-    # inserted live in growing segments until flushed, and a server crash would lose them.
+    owner = {n: m for m in MODALITIES for n in layout.collections(gallery, m)}
+    report.expected = {name: len(items[m]) for name, m in owner.items()}
+    # What each collection holds (Strong: every write, also an earlier load's): the rows it
+    # lacks go in; one holding rows a load never writes (a doubled or foreign key) is rebuilt.
+    found = cols.each(lambda n: _holdings(client, n, report.expected[n]), names)
+    for name, (ids, problem) in found.items():
+        report.before[name] = len(ids) if problem is None else 0
+        if problem is not None:
+            echo(f"{name}: {problem}; rebuilding it")
+            ids = _recreate(client, name, metas[owner[name]])
+        report.inserted[name] = 0
+        missing = np.setdiff1d(np.arange(report.expected[name]), ids, assume_unique=True)
+        _insert(client, layout, gallery, owner[name], items[owner[name]], name, missing, report,
+                progress)  # fmt: skip
+    # Durable whatever state the load started from: seal every segment (rows of an earlier,
+    # interrupted load live in growing segments until flushed, and a server crash loses
+    # them), then check each collection holds exactly the keys 0..n-1, once, and its index.
     cols.each(client.flush, names)
-    report.final = cols.each(lambda n: milvus_arrays.count(client, n), names)
-    for name, final in report.final.items():
-        if final != report.expected[name]:
+    for name in names:
+        ids, problem = _holdings(client, name, report.expected[name])
+        if problem is None and len(ids) != report.expected[name]:
+            problem = f"holds {len(ids)} of its {report.expected[name]} rows after the load"
+        if problem is None and not client.list_indexes(name):
+            problem = "has no index after the load"
+        if problem is not None:
             raise GalleryMismatchError(
-                f"Milvus collection {name}: holds {final} rows after the load, the source "
-                f"has {report.expected[name]}; rebuild with --drop"
+                f"Milvus collection {name}: {problem}; rerun the load, or rebuild it with "
+                f"`meet-milvus load --collection {gallery} --drop`"
             )
+        report.final[name] = len(ids)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -195,6 +218,7 @@ def _meta(
     layout: Layout,
     rows: Items,
     origin: Origin,
+    indexes: cols.IndexFamily,
 ) -> GalleryMeta:
     return GalleryMeta(
         gallery=gallery,
@@ -210,6 +234,7 @@ def _meta(
         nlist=cols.default_nlist(len(rows)),
         source=origin.source,
         checkpoint=origin.checkpoint,
+        indexes=indexes,
     )
 
 
@@ -224,48 +249,55 @@ def _check_same(found: GalleryMeta, meta: GalleryMeta, name: str, gallery: str) 
         )
 
 
+def _holdings(client: MilvusClient, name: str, n: int) -> tuple[np.ndarray, str | None]:
+    """The distinct keys 0..n-1 a collection holds, and what else is wrong with it (None if
+    nothing): keys beyond 0..n-1, or rows stored twice (a count above the distinct keys)."""
+    total = milvus_arrays.count(client, name)
+    if total == 0:
+        return np.zeros(0, np.int64), None
+    ids = milvus_arrays.ids_in_range(client, name, 0, n)
+    unique = np.unique(ids)
+    outside = milvus_arrays.count(client, name, f"id < 0 or id >= {n}")
+    if outside:
+        return unique, f"{outside} rows have keys outside 0..{n - 1}"
+    if len(ids) != len(unique) or total != len(unique):
+        return unique, f"{total} rows for {len(unique)} distinct keys (rows stored twice)"
+    return unique, None
+
+
+def _recreate(client: MilvusClient, name: str, meta: GalleryMeta) -> np.ndarray:
+    """Drop one collection of a gallery and create it empty again (index, loaded)."""
+    client.drop_collection(name)
+    cols.create(client, meta)
+    client.load_collection(name)
+    return np.zeros(0, np.int64)
+
+
 def _insert(
     client: MilvusClient,
     layout: Layout,
     gallery: str,
     modality: Modality,
     items: Items,
-    counts: dict[str, int],
+    name: str,
+    missing: np.ndarray,
     report: LoadReport,
     progress: bool,
 ) -> None:
-    n = len(items)
-    have: dict[str, int] = {}
-    for name in layout.collections(gallery, modality):
-        loaded = counts[name]
-        # Eventually suffices: the Strong count just saw every write.
-        expr = f"id >= {loaded}"
-        beyond = milvus_arrays.count(client, name, expr, "Eventually") if loaded else 0
-        if beyond or loaded > n:
-            raise GalleryMismatchError(
-                f"Milvus collection {name}: its {loaded} rows are not the keys 0..{loaded - 1} "
-                f"a load writes; rebuild with `meet-milvus load --collection {gallery} --drop`"
-            )
-        have[name] = loaded
-        report.before[name], report.expected[name] = loaded, n
-        report.inserted[name] = 0
-    first = min(have.values())
-    if first >= n:
+    """Insert the rows `missing` (primary keys) of one collection, in batches in key order."""
+    if not len(missing):
         return
-    fields = {name: layout.fields(gallery, modality, name) for name in have}
-    row_bytes = _row_bytes(items)
-    batch = max(1, min(MAX_BATCH_ROWS, milvus_arrays.RPC_BYTES // row_bytes))
-    bar = tqdm(total=n, initial=first, desc=f"load {modality}", unit="row", disable=not progress)
+    fields = layout.fields(gallery, modality, name)
+    batch = max(1, min(MAX_BATCH_ROWS, milvus_arrays.RPC_BYTES // _row_bytes(items)))
+    n = len(items)
+    bar = progress_bar(total=n, initial=n - len(missing), desc=f"load {name}", unit="row",
+                       enabled=progress)  # fmt: skip
     with bar:
-        for lo in range(first, n, batch):
-            hi = min(n, lo + batch)
-            for name, loaded in have.items():
-                if hi <= loaded:
-                    continue
-                rows = [items.row(i, fields[name]) for i in range(max(lo, loaded), hi)]
-                client.insert(name, rows)
-                report.inserted[name] += len(rows)
-            bar.update(hi - lo)
+        for lo in range(0, len(missing), batch):
+            keys = missing[lo : lo + batch].tolist()
+            client.insert(name, [items.row(i, fields) for i in keys])
+            report.inserted[name] += len(keys)
+            bar.update(len(keys))
 
 
 def _chunks(items: Items, step: int = 65536) -> Iterator[Chunk]:
@@ -316,6 +348,7 @@ def encode_split(
     model: MeetModel, split: Split, cache_dir: Path | None, batch_size: int, progress: bool
 ) -> tuple[Encoded, Encoded]:
     """Both modalities of a split through the model, cached on disk by model and split."""
+    check_count(batch_size, "batch_size")  # refused with a warm cache too
     cache = None
     if cache_dir is not None:
         tag = f"{model.config.fingerprint[:16]}-{split.name}-{split.split}"
@@ -359,7 +392,7 @@ def load(
     cols.check_name(collection)
     if neighbours < 1:
         raise ParameterError(f"--neighbours {neighbours}: must be at least 1")
-    data = data or collection
+    data = check_name(data or collection, "data set")  # it names folders under the data dir
     path = resolve_checkpoint(settings, checkpoint, data)
     source = load_split(settings.data_dir, data, split)
     client = connect(settings)  # before the slow encoding: a dead server fails fast
@@ -374,7 +407,9 @@ def load(
     images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
     items = split_items(source, images, texts, neighbours)
     origin = Origin.of(model, f"{data}/{split}", str(path.resolve()))
-    report = write_gallery(client, collection, items, origin, drop=drop, progress=progress)
+    report = write_gallery(
+        client, collection, items, origin, drop=drop, progress=progress, echo=echo
+    )
     build_tiers(client, collection, settings, echo, items)
     return report
 

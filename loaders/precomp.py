@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from meet_milvus.errors import DataSetError
+from meet_milvus.inputs import check_name
 
 FEATURE_DTYPES = (np.float16, np.float32)
 COCO_FOLDS = 5
@@ -33,6 +34,8 @@ class Split:
     image_paths: list[str] | None = None
 
     def __post_init__(self) -> None:
+        check_name(self.name, "data set")
+        check_name(self.split, "split")
         where = f"split {self.name}/{self.split}"
         if self.images.ndim not in (2, 3) or self.images.shape[0] == 0:
             raise DataSetError(
@@ -87,7 +90,8 @@ class Split:
 
 
 def precomp_dir(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / f"{name}_precomp"
+    """Where data set `name` lives; a name that would lead elsewhere is refused."""
+    return Path(data_dir) / f"{check_name(name, 'data set')}_precomp"
 
 
 def available_splits(data_dir: Path, name: str) -> list[str]:
@@ -105,6 +109,7 @@ def available_splits(data_dir: Path, name: str) -> list[str]:
 def load_split(data_dir: Path, name: str, split: str, mmap: bool = False) -> Split:
     """Read split `split` of data set `name`; `mmap` maps the features instead of reading them."""
     root = precomp_dir(data_dir, name)
+    check_name(split, "split")
     if not root.is_dir():
         raise DataSetError(f"data set '{name}': no directory {root}")
     ims_path, caps_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt"

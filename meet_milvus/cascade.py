@@ -53,7 +53,11 @@ CONSISTENCY = "Eventually"  # the loader waits until every row is visible before
 # queries on 1K/5K galleries; the demo dev split agreed (README).
 HASH_KEEP: dict[str, Keep] = {"image": 0.6, "text": 0.3}  # by the modality searched
 HASH_MODE = "client"
-PQ_KEEP: Keep = 0.5
+# PQ keep per direction, chosen with `meet-milvus eval --collection demo_dev --tune-pq`
+# (README): R@1+5+10 is flat within 1 point from 0.3 (image queries) and 0.4 (text queries)
+# up to 1.0, so the smallest such keep. MEET's reference keeps 0.6 for text queries and 0.5
+# for image queries (at_bert/lib/evalution_AHR.py, q_rate).
+PQ_KEEP: dict[str, Keep] = {"image": 0.4, "text": 0.3}  # by the modality searched
 PQ_MODE = "adc"
 ANN_KEEP = 300
 ANN_NPROBE = 0.05
@@ -98,8 +102,9 @@ class Stage(Protocol):
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates: ...
 
 
-def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK) -> int:
-    """A stage size as a count: `keep` items, or that fraction of `available` (at least 1)."""
+def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1) -> int:
+    """A stage size as a count: `keep` items, or that fraction of `available`; at least `least`
+    (the k asked for: a filter that keeps fewer would return fewer than k hits)."""
     if isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0:
         raise ParameterError(
             f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]"
@@ -112,7 +117,7 @@ def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK) -> int:
         # The decimal the user wrote, times the count, rounded down as MEET's reference does;
         # float arithmetic would overshoot (0.55 * 100 = 55.000000000000007).
         keep = int(Fraction(repr(keep)) * available)
-    return int(max(1, min(keep, available, cap)))
+    return int(max(1, min(max(keep, least), available, cap)))
 
 
 class _GalleryStage:
@@ -198,11 +203,12 @@ class HammingFilter(_GalleryStage):
         mode: Literal["milvus", "client"] = HASH_MODE,
         store: dict | None = None,
         tier: LocalTier | None = None,
+        least: int = 1,
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if mode not in ("milvus", "client"):
             raise ParameterError(f"Hamming filter mode '{mode}': use 'milvus' or 'client'")
-        self.keep = keep
+        self.keep, self.least = keep, least
         self.mode = mode
         self.nprobe = nprobe or self.meta.nlist
         if store is not None:
@@ -213,9 +219,9 @@ class HammingFilter(_GalleryStage):
             raise ParameterError("HammingFilter searches the whole gallery: put it first")
         codes = np.ascontiguousarray(queries.hash_codes, np.uint8)
         if self.mode == "client":
-            limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows)
+            limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows, least=self.least)
             return hamming_top(self.words(), as_words(codes), limit, self.meta.H)
-        limit = resolve_keep(self.keep, self.meta.rows)
+        limit = resolve_keep(self.keep, self.meta.rows, least=self.least)
         ids, dist = milvus_arrays.search(
             self.client, self._collection("hash"), "hash", [row.tobytes() for row in codes],
             limit, "HAMMING", {"nprobe": self.nprobe}, consistency=CONSISTENCY,
@@ -277,12 +283,13 @@ class QuantizedFilter(_GalleryStage):
         gallery: Gallery,
         modality: Modality,
         codebooks: np.ndarray | None = None,
-        keep: Keep = PQ_KEEP,
+        keep: Keep = PQ_KEEP["text"],
         mode: Literal["adc", "milvus"] = PQ_MODE,
         cache: bool = True,
         nprobe: int | None = None,
         store: dict | None = None,
         tier: LocalTier | None = None,
+        least: int = 1,
     ) -> None:
         super().__init__(client, gallery, modality, tier)
         if mode not in ("adc", "milvus"):
@@ -296,7 +303,7 @@ class QuantizedFilter(_GalleryStage):
                     f"codebooks of shape {codebooks.shape}: the gallery needs {expected}"
                 )
             self.codebooks = np.asarray(codebooks, dtype=np.float32)
-        self.keep = keep
+        self.keep, self.least = keep, least
         self.mode = mode
         self.cache = cache
         if store is not None:
@@ -307,8 +314,10 @@ class QuantizedFilter(_GalleryStage):
         available = self.meta.rows if candidates is None else candidates.width
         head = np.asarray(queries.head, dtype=np.float32)
         if self.mode == "milvus":
-            return self._milvus(head, candidates, resolve_keep(self.keep, available))
-        limit = resolve_keep(self.keep, available, cap=available)  # no topk cap client-side
+            limit = resolve_keep(self.keep, available, least=self.least)
+            return self._milvus(head, candidates, limit)
+        # No topk cap client-side.
+        limit = resolve_keep(self.keep, available, cap=available, least=self.least)
         lut = adc_tables(head, self.codebooks)  # (nq, M, 2**K)
         if candidates is None:
             scores = adc_scores(lut, self.codes())  # every item: codes (rows, M)

@@ -39,13 +39,26 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except MeetError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except click.UsageError as e:
+        # One line like every other error, not click's usage block.
+        where = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
+        click.echo(f"error: {_one_line(e.format_message())}{where}", err=True)
         sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:  # the file system said no (a name too long, a full disk): one line too
+        click.echo(f"error: {_one_line(str(e))}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def _one_line(message: str) -> str:
+    # A value quoted in a message may hold line breaks; the error stays one line.
+    return message.replace("\r", "\\r").replace("\n", "\\n")

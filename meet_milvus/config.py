@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from meet_milvus.errors import ParameterError
@@ -78,6 +78,26 @@ class Settings(BaseSettings):
             return v
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
 
+    @field_validator("embedded_port", "embedded_gc_interval", "embedded_gc_drop_tolerance",
+                     mode="before")  # fmt: skip
+    @classmethod
+    def _not_bool(cls, v: Any) -> Any:
+        # pydantic takes true as 1: `embedded_port = true` would become port 1.
+        if isinstance(v, bool):
+            raise ValueError("must be a whole number, not true/false")
+        return v
+
+    @field_validator("data_dir", "cache_dir", "text_model", "checkpoint", mode="before")
+    @classmethod
+    def _path(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str) and "\0" in v:
+            raise ValueError("a path cannot hold a NUL character")
+        if isinstance(v, str) and not v.strip():  # "" would mean the current directory
+            if info.field_name in ("text_model", "checkpoint"):
+                return None
+            raise ValueError("must be a directory, not empty")
+        return v
+
     @field_validator("data_dir", "cache_dir", "text_model", "checkpoint")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
@@ -112,14 +132,23 @@ class Settings(BaseSettings):
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():  # a directory, or /dev/zero: never ends
+            raise ParameterError(f"config file {path}: not a regular file")
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except OSError as e:
         raise ParameterError(f"config file {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ParameterError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ParameterError(f"config file {path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ParameterError(f"config file {path}: not valid TOML (nested too deeply)") from None
     # Accept a [meet] table or top-level keys.
-    return dict(data.get("meet", data))
+    table = data.get("meet", data)
+    if not isinstance(table, dict):
+        raise ParameterError(f"config file {path}: 'meet' must be a table ([meet])")
+    return table
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -138,7 +167,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         err = e.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "settings"
         source = f" (from {path})" if path and name in file_values else ""
-        raise ParameterError(f"setting '{name}'{source}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise ParameterError(f"setting '{name}'{source}: {message}") from None
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -15,6 +15,11 @@ Rules, the same for every entry point:
 * Ties (similarity matrix) are pessimistic: a ground truth tied with a non-match ranks after it,
   so a constant matrix scores rank = gallery size, not rank 1. Ground truths tied with each other
   do not push each other down (only the best one counts).
+* Ranked lists with scores (what the cascade returns, e.g. Hamming distances) follow the same
+  tie policy: a ground truth ranks after the non-matches listed next to it with the same score,
+  whatever order the stage broke the tie in. So a hash-only figure is the same whether it comes
+  from a similarity matrix (meet-train's dev evaluation) or from the search's ranked lists
+  (``meet-milvus eval``). Without scores, a list's order is its ranking.
 * Truncated ranked lists: a ground truth missing from a list ranks just past it
   (``len(list) + 1``) for medr/meanr, which are then lower bounds of the full-gallery values, and it
   never counts as a hit, however short the list.
@@ -55,6 +60,8 @@ TABLE_COLUMNS = (
 _CHUNK_ELEMENTS = 1 << 24
 
 SimilarityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Named wherever a figure is printed: Hamming distances tie heavily, and the policy moves them.
+TIE_POLICY = "ties pessimistic: a true match ranks after every non-match scoring the same"
 
 
 class Captioned(typing.Protocol):
@@ -182,11 +189,15 @@ def recall_from_rankings(
     t2i: Sequence[Sequence[int]] | np.ndarray,
     caption_image: np.ndarray,
     n_images: int,
+    i2t_scores: Sequence[Sequence[float]] | np.ndarray | None = None,
+    t2i_scores: Sequence[Sequence[float]] | np.ndarray | None = None,
 ) -> Recall:
     """Metrics from ranked lists, best first: ``i2t[i]`` caption ids for image ``i``,
     ``t2i[c]`` image ids for caption ``c``. Lists may be truncated and of different lengths
     (a 2-D integer array is taken as equal-length lists); a ground truth missing from a list
     ranks ``len(list) + 1`` and is never a hit. Ids must be in range and not repeat in a list.
+    With ``*_scores`` (one score per listed id, higher = better) ties are pessimistic, as for a
+    similarity matrix (:data:`TIE_POLICY`); without them the list's order decides.
     """
     if int(n_images) < 1:
         raise ParameterError(f"n_images: must be at least 1, got {n_images}")
@@ -196,19 +207,56 @@ def recall_from_rankings(
 
     lists, lengths = _pad(i2t, n_images, n_captions, "i2t", "caption")
     is_truth = (lists >= 0) & (caption_image[lists.clip(0)] == np.arange(n_images)[:, None])
-    i2t_rank, i2t_found = _first_hit(is_truth, lengths)
+    scores = _pad_scores(i2t_scores, lengths, "i2t_scores")
+    i2t_rank, i2t_found = _first_hit(is_truth, lengths, scores)
     queries = np.bincount(caption_image, minlength=n_images) > 0
 
     lists, lengths = _pad(t2i, n_captions, n_images, "t2i", "image")
-    t2i_rank, t2i_found = _first_hit(lists == caption_image[:, None], lengths)
+    scores = _pad_scores(t2i_scores, lengths, "t2i_scores")
+    t2i_rank, t2i_found = _first_hit(lists == caption_image[:, None], lengths, scores)
     return _summarise(i2t_rank[queries], i2t_found[queries], t2i_rank, t2i_found)
 
 
-def _first_hit(is_truth: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based position of the first ground truth in each row, or length + 1 when none."""
+def _first_hit(
+    is_truth: np.ndarray, lengths: np.ndarray, scores: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based rank of the first ground truth in each row, or length + 1 when none: its position,
+    with scores moved behind the non-matches that tie with it (pessimistic)."""
     found = is_truth.any(axis=1)
-    position = is_truth.argmax(axis=1) + 1 if is_truth.shape[1] else np.ones(len(lengths), int)
-    return np.where(found, position, lengths + 1).astype(np.int64), found
+    if not is_truth.shape[1]:
+        rank = np.ones(len(lengths), np.int64)
+    else:
+        first = is_truth.argmax(axis=1)
+        rank = first + 1
+        if scores is not None:
+            # The non-matches right after the first truth with its very score (contiguous, so
+            # a re-ranked head is never compared with the raw scores after it) go before it.
+            position = np.arange(is_truth.shape[1])
+            listed = position < lengths[:, None]
+            tied = scores == np.take_along_axis(scores, first[:, None], axis=1)
+            run = np.logical_and.accumulate(tied | (position <= first[:, None]), axis=1)
+            behind = run & listed & (position > first[:, None]) & ~is_truth
+            rank = rank + np.count_nonzero(behind, axis=1)
+    return np.where(found, rank, lengths + 1).astype(np.int64), found
+
+
+def _pad_scores(
+    scores: Sequence[Sequence[float]] | np.ndarray | None, lengths: np.ndarray, arg: str
+) -> np.ndarray | None:
+    """Ragged score lists -> (rows, longest) float64 padded with -inf; one score per listed id."""
+    if scores is None:
+        return None
+    rows = [np.asarray(row, dtype=np.float64).reshape(-1) for row in scores]
+    if len(rows) != len(lengths):
+        raise ParameterError(f"{arg}: expected {len(lengths)} lists of scores, got {len(rows)}")
+    padded = np.full((len(rows), int(lengths.max(initial=0))), -np.inf)
+    for r, row in enumerate(rows):
+        if row.size != lengths[r]:
+            raise ParameterError(f"{arg}[{r}]: {row.size} scores for {lengths[r]} ids")
+        if np.isnan(row).any():
+            raise ParameterError(f"{arg}[{r}]: contains NaN")
+        padded[r, : row.size] = row
+    return padded
 
 
 def _pad(

@@ -17,7 +17,11 @@ Milvus 2.3 allows one vector field per collection, so the `split` layout gives e
 own collection sharing the primary key (`coco_image_hash`, `coco_image_pq`, `coco_image_dense`,
 with the scalars beside `dense`); Milvus 2.4+ takes all fields in one collection per modality
 (`multi` layout: `coco_image`). Every collection's description holds the gallery's metadata
-(model fingerprint, code parameters, source) as JSON.
+(model fingerprint, code parameters, source, index family) as JSON.
+
+Index family (`GalleryMeta.indexes`), by what the server accepts: `ivf` (BIN_IVF_FLAT on
+`hash`, IVF_PQ on `head`) on a Milvus server; `flat` (BIN_FLAT, FLAT: exact) on Milvus Lite, a
+local `.db` file, whose local mode refuses the IVF indexes ("local mode only support BIN_FLAT").
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Modality = Literal["image", "text"]
 LayoutKind = Literal["split", "multi"]
+IndexFamily = Literal["ivf", "flat"]
+# What `meet_milvus.server.server_version` reports for Milvus Lite, which answers no version
+# request; it is Milvus 2.4+ inside (one collection takes several vector fields).
+MILVUS_LITE = "milvus-lite"
 MODALITIES: tuple[Modality, Modality] = ("image", "text")
 FORMAT_VERSION = 1
 SOURCE_MAX = 4096  # bytes of `source` / `external_id` kept (VARCHAR max_length)
@@ -80,12 +88,15 @@ class GalleryMeta(BaseModel):
     neighbours: int  # k of the stored reverse-neighbour statistics
     rows: int  # items of this modality in the source
     nlist: int  # IVF lists of the hash and PQ indexes
+    indexes: IndexFamily = "ivf"  # `flat` on Milvus Lite; galleries from before it: ivf
     source: str  # data set and split, e.g. "demo/test"
     checkpoint: str = ""  # where the model was when loaded (a default for the searcher)
 
 
 def check_name(name: str) -> str:
     """A gallery name Milvus accepts as a collection-name prefix."""
+    if not isinstance(name, str):
+        raise ParameterError(f"collection name: expected text, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
         raise ParameterError(
             f"collection name '{name}': use letters, digits and underscores, starting with a letter"
@@ -106,7 +117,10 @@ class Layout:
 
     @classmethod
     def for_version(cls, version: str) -> Layout:
-        """The layout a server supports: `multi` from Milvus 2.4 on, `split` on 2.3."""
+        """The layout a server supports: `multi` from Milvus 2.4 on (Milvus Lite included),
+        `split` on 2.3."""
+        if version == MILVUS_LITE:
+            return cls("multi")
         found = re.search(r"(\d+)\.(\d+)", version or "")
         if not found:
             raise ServerUnavailableError(
@@ -159,16 +173,26 @@ def schema(meta: GalleryMeta, fields: list[str]) -> CollectionSchema:
     return s
 
 
+def index_family(version: str) -> IndexFamily:
+    """The vector indexes a server of `version` accepts: Milvus Lite only the exact ones."""
+    return "flat" if version == MILVUS_LITE else "ivf"
+
+
 def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
-    """The vector indexes of a collection holding `fields`."""
+    """The vector indexes of a collection holding `fields` (`meta.indexes` says which)."""
     params = client.prepare_index_params()
+    ivf = meta.indexes == "ivf"
     if "hash" in fields:
         params.add_index(
-            "hash", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": meta.nlist}
-        )
+            "hash", index_type="BIN_IVF_FLAT" if ivf else "BIN_FLAT", metric_type="HAMMING",
+            params={"nlist": meta.nlist} if ivf else {},
+        )  # fmt: skip
     if "head" in fields:
         pq = {"nlist": meta.nlist, "m": meta.M, "nbits": meta.K}
-        params.add_index("head", index_type="IVF_PQ", metric_type="IP", params=pq)
+        params.add_index(
+            "head", index_type="IVF_PQ" if ivf else "FLAT", metric_type="IP",
+            params=pq if ivf else {},
+        )  # fmt: skip
     if "dense" in fields:
         params.add_index("dense", index_type="FLAT", metric_type="IP")
     return params
@@ -245,6 +269,21 @@ class Gallery:
         """Release every collection of the gallery from Milvus memory (the data stays)."""
         each(client.release_collection, self.collections())
         self.loaded.clear()
+
+    def check_rows(self, client: MilvusClient) -> None:
+        """Refuse a gallery whose collections do not hold the rows its metadata records (a
+        server crash before a flush loses rows; an interrupted repair may store some twice).
+        Milvus's row statistics count every stored row and need no collection loaded."""
+        for modality in MODALITIES:
+            expected = self.meta[modality].rows
+            for name in self.layout.collections(self.name, modality):
+                held = int(client.get_collection_stats(name)["row_count"])
+                if held != expected:
+                    raise GalleryMismatchError(
+                        f"collection '{self.name}': {name} holds {held} rows, the gallery "
+                        f"has {expected} (a server crash during a load?); run `meet-milvus "
+                        f"load --collection {self.name}` to repair it"
+                    )
 
     @property
     def fingerprint(self) -> str:

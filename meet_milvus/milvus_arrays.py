@@ -131,6 +131,18 @@ def rows_in_range(
     }
 
 
+def ids_in_range(
+    client: MilvusClient, collection: str, lo: int, hi: int, step: int = 1 << 20
+) -> np.ndarray:
+    """The primary keys lo <= id < hi that `collection` holds, sorted, each as often as the
+    reply names it (Strong: every write so far)."""
+    parts = [np.zeros(0, np.int64)]
+    for start in range(lo, hi, step):
+        expr = f"id >= {start} and id < {min(hi, start + step)}"
+        parts.append(np.asarray(_query_raw(client, collection, expr, ["id"], "Strong")["id"]))
+    return np.sort(np.concatenate(parts).astype(np.int64, copy=False))
+
+
 def count(
     client: MilvusClient, collection: str, expr: str = "", consistency: str = "Strong"
 ) -> int:

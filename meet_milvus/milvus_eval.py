@@ -1,5 +1,6 @@
 """Evaluate a loaded gallery through Milvus: every query of its split against the gallery, for
-several methods (dense exact, hash only, PQ only, cascade, cascade + re-ranking), with R@K,
+several methods (dense exact, hash only, PQ only, cascade, cascade + re-ranking in both modes:
+the weighted default and MEET's reference rule), with R@K,
 per-stage latency and the share of true matches each stage keeps; and tune the re-ranker.
 """
 
@@ -13,9 +14,10 @@ import numpy as np
 
 from meet_milvus.cascade import Candidates, Rerank
 from meet_milvus.evaluation import Captioned, Recall, recall_from_rankings, topk_overlap
+from meet_milvus.inputs import check_count
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.rerank import Reranker
-from meet_milvus.searcher import MeetSearcher
+from meet_milvus.searcher import MeetSearcher, SearchConfig
 
 DEPTH = 100  # ranked list length per query (R@10 and ranks up to 100)
 DIRECTIONS = {"i2t": "text", "t2i": "image"}  # direction -> gallery modality searched
@@ -26,8 +28,10 @@ METHODS: dict[str, dict] = {
     "hash only": dict(filter="meet", hash=True, pq=False, exact=False, rerank=False),
     "PQ only": dict(filter="meet", hash=False, pq=True, exact=False, rerank=False),
     "cascade": dict(rerank=False),
-    "cascade + re-ranking": dict(),
+    "cascade + re-ranking": dict(rerank="weighted"),
+    "cascade + reference re-ranking": dict(rerank="reference"),
 }
+RERANK_METHODS = {"weighted": "cascade + re-ranking", "reference": "cascade + reference re-ranking"}
 _SINGLE_STAGE = {"hash only": "hash", "PQ only": "pq"}
 
 
@@ -61,15 +65,18 @@ def run_method(
     split: Captioned,
     queries: dict[str, Encoded],
     batch: int = 256,
+    config: SearchConfig | None = None,
 ) -> MethodResult:
-    """One method over every query of both directions."""
+    """One method over every query of both directions, on the searcher's config (or
+    `config`) with the method's switches."""
+    check_count(batch, "batch")
     overrides = dict(METHODS[name], exact_keep=DEPTH)
     if name in _SINGLE_STAGE:
         stage = _SINGLE_STAGE[name]
         overrides |= {f"{stage}_keep_images": DEPTH, f"{stage}_keep_texts": DEPTH}
-    config = searcher.config.model_copy(update=overrides)
+    config = (config or searcher.config).model_copy(update=overrides)
     truth = truth_masks(split)
-    rankings, stats = {}, {}
+    rankings, scores, stats = {}, {}, {}
     for direction, gallery in DIRECTIONS.items():
         encoded = queries[direction]
         cascade = searcher.cascade(gallery, k=DEPTH, config=config)
@@ -77,7 +84,7 @@ def run_method(
         seconds = np.zeros(len(cascade.stages))
         widths = np.zeros(len(cascade.stages))
         kept = np.zeros(len(cascade.stages))
-        ranked = []
+        ranked, ranked_scores = [], []
         for lo in range(0, n, batch):
             q = np.arange(lo, min(n, lo + batch))
             traces = cascade.trace(encoded[q])
@@ -86,16 +93,20 @@ def run_method(
                 seconds[s] += trace.seconds
                 widths[s] += (ids >= 0).sum()
                 kept[s] += truth[direction](q, ids).any(axis=1).sum()
-            final = traces[-1].candidates.ids[:, :DEPTH]
-            ranked.extend(row[row >= 0] for row in final)
-        rankings[direction] = ranked
+            final = traces[-1].candidates.head(DEPTH)
+            ranked.extend(row[row >= 0] for row in final.ids)
+            ranked_scores.extend(
+                s[row >= 0] for row, s in zip(final.ids, final.scores, strict=True)
+            )
+        rankings[direction], scores[direction] = ranked, ranked_scores
         stats[direction] = [
             StageStat(st.name, 1000 * seconds[s] / n, widths[s] / n, 100 * kept[s] / n)
             for s, st in enumerate(cascade.stages)
         ]
     recall = recall_from_rankings(
-        rankings["i2t"], rankings["t2i"], split.caption_image, split.n_images
-    )
+        rankings["i2t"], rankings["t2i"], split.caption_image, split.n_images,
+        scores["i2t"], scores["t2i"],
+    )  # fmt: skip
     return MethodResult(name, recall, stats)
 
 
@@ -139,6 +150,7 @@ def tune_rerank(
 ) -> list[TuneResult]:
     """rSum of cascade + re-ranking for every (alpha, beta, z), best first. The cascade runs
     once; the re-ranker's inputs are fetched once for the deepest z."""
+    check_count(batch, "batch")
     temperature = temperature or searcher.config.temperature
     config = searcher.config.model_copy(update=dict(rerank=False, exact_keep=DEPTH))
     prepared = {}
@@ -157,13 +169,57 @@ def tune_rerank(
         reranker = Reranker(alpha, beta, z, temperature)
         ranked = {}
         for direction, (ids, scores, vectors, neighbours) in prepared.items():
-            out, _ = reranker.rerank(ids, scores, vectors, neighbours)
-            ranked[direction] = [row[row >= 0] for row in out[:, :DEPTH]]
+            out, out_scores = reranker.rerank(ids, scores, vectors, neighbours)
+            keep = out[:, :DEPTH] >= 0
+            ranked[direction] = (
+                [row[k] for row, k in zip(out[:, :DEPTH], keep, strict=True)],
+                [row[k] for row, k in zip(out_scores[:, :DEPTH], keep, strict=True)],
+            )
         recall = recall_from_rankings(
-            ranked["i2t"], ranked["t2i"], split.caption_image, split.n_images
-        )
+            ranked["i2t"][0], ranked["t2i"][0], split.caption_image, split.n_images,
+            ranked["i2t"][1], ranked["t2i"][1],
+        )  # fmt: skip
         results.append(TuneResult(alpha, beta, z, recall.rsum))
     return sorted(results, key=lambda r: (-r.rsum, r.alpha + r.beta, r.z))
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the PQ stage's keep per direction (on a dev gallery, never on test)
+
+PQ_KEEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+PQ_KEEP_METHODS = ("cascade", "cascade + re-ranking")
+
+
+@dataclass(frozen=True)
+class KeepResult:
+    keep: float
+    direction: str
+    method: str
+    recall_sum: float  # R@1 + R@5 + R@10 of this direction
+    candidates: float  # mean survivors the PQ stage passes to the exact stage
+
+
+def tune_pq_keep(
+    searcher: MeetSearcher,
+    split: Captioned,
+    queries: dict[str, Encoded],
+    keeps: tuple[float, ...] = PQ_KEEPS,
+    methods: tuple[str, ...] = PQ_KEEP_METHODS,
+    batch: int = 256,
+) -> list[KeepResult]:
+    """Each direction's R@1+5+10 with the PQ stage keeping each fraction of the Hamming
+    survivors (the other stages as configured); both directions run with the same keep."""
+    out = []
+    for keep in keeps:
+        config = searcher.config.model_copy(update=dict(pq_keep_images=keep, pq_keep_texts=keep))
+        for name in methods:
+            result = run_method(searcher, name, split, queries, batch, config)
+            for direction in DIRECTIONS:
+                r = result.recall
+                total = sum(getattr(r, f"r{k}_{direction}") for k in (1, 5, 10))
+                pq = next(s for s in result.stages[direction] if s.name == "pq")
+                out.append(KeepResult(keep, direction, name, total, pq.width))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,11 +239,12 @@ def pq_agreement(
 ) -> list[PQAgreement]:
     """PQ-only search through Milvus in each quantized-stage mode, against the model's own
     ranking: ADC with the checkpoint's codebooks over the gallery's codes, in numpy."""
+    check_count(batch, "batch")
     model, base = searcher.model, searcher.config
     out = []
     for direction, gallery in DIRECTIONS.items():
         encoded, items = queries[direction], queries[_other(direction)]
-        reference = encoded.head @ model.pq_reconstruct(items.pq_codes).T
+        reference = encoded.head @ model.pq_reconstruct(items.pq_codes, gallery).T
         expected = np.argsort(-reference, axis=1, kind="stable")[:, :depth]
         for mode in ("adc", "milvus"):
             update = dict(hash=False, pq=True, exact=False, rerank=False, pq_mode=mode)

@@ -4,21 +4,30 @@ complementarity.
 For a query q and its top-z candidates j (similarities s_j, embeddings v_j):
 
 * complementarity: how highly j ranks q among j's own nearest neighbours of q's modality (a
-  reverse rank, in the spirit of k-reciprocal re-ranking; MEET's reference re-orders the top 15
-  by it). The loader stores each item's top-k neighbour similarities, so the reverse rank of a
-  new query is the number of them above s_j: no pass over the gallery at query time.
+  reverse rank, in the spirit of k-reciprocal re-ranking). The loader stores each item's top-k
+  neighbour similarities, so the reverse rank of a new query is the number of them above s_j:
+  no pass over the gallery at query time.
   Score: 1 - log(1 + r) / log(1 + k), 1 for r = 0, 0 for r >= k.
 * consistency: external attention of the query over the candidate set (weights
   softmax(s / T)) gives the attended context; a candidate scores its cosine with the context
   of the *other* candidates (leave-one-out, so its own weight does not count twice).
 
-final_j = s_j + alpha * consistency_j + beta * complementarity_j; the top z are re-ordered by
-it, candidates past z keep their order (and score s_j) behind them.
+Two modes:
+
+* `weighted` (the default): final_j = s_j + alpha * consistency_j + beta * complementarity_j;
+  the top z are re-ordered by it, candidates past z keep their order (and score s_j) behind them.
+* `reference`: MEET's reference rule (`i2t_rerank` in at_bert/lib/evalution_AHR.py, applied
+  in both directions): the top K1 (15 for image queries, 12 for text queries; z carries it) are
+  sorted by reverse rank alone, ties kept in similarity order, and keep their similarities as
+  scores. The reference counts the queries of its evaluation set that the item survived the
+  filters for; a live query has no such set, so the stored neighbours stand in for it (the same
+  split's items of the query's modality, ranks capped at k).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -69,7 +78,8 @@ def consistency(
 
 @dataclass(frozen=True)
 class Reranker:
-    """final = sim + alpha·consistency + beta·complementarity over each query's top z."""
+    """Re-orders each query's top z: `weighted`, final = sim + alpha·consistency +
+    beta·complementarity; `reference`, by reverse rank alone (alpha, beta unused)."""
 
     # The defaults (SearchConfig's too): the best of `meet-milvus eval --tune` on the demo dev
     # gallery with the default checkpoint (rSum 133.2 -> 139.8); consistency (alpha > 0) did not
@@ -78,8 +88,11 @@ class Reranker:
     beta: float = 0.4
     z: int = 30
     temperature: float = 0.05
+    mode: Literal["weighted", "reference"] = "weighted"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("weighted", "reference"):
+            raise ParameterError(f"re-ranking mode '{self.mode}': use 'weighted' or 'reference'")
         if self.z < 1:
             raise ParameterError(f"re-ranking depth z={self.z}: must be at least 1")
         if self.temperature <= 0:
@@ -88,7 +101,11 @@ class Reranker:
     def scores(
         self, sims: np.ndarray, vectors: np.ndarray, neighbours: np.ndarray, valid: np.ndarray
     ) -> np.ndarray:
-        """Final scores (nq, z) of candidates with similarities `sims` (nq, z)."""
+        """The sort key (nq, z) of candidates with similarities `sims` (nq, z): the final score,
+        or in `reference` mode minus the reverse rank."""
+        if self.mode == "reference":
+            ranks = reverse_ranks(sims, neighbours)
+            return np.where(valid, -ranks.astype(np.float64), -np.inf)
         final = sims.astype(np.float64)
         if self.alpha:
             final = final + self.alpha * consistency(sims, vectors, self.temperature, valid)
@@ -103,14 +120,17 @@ class Reranker:
         """Re-order each row's first z candidates (ids (nq, n) -1 padded, sorted by `sims`).
 
         `vectors` (nq, z', D) and `neighbours` (nq, z', k) belong to the first z' = min(z, n)
-        candidates. Returns (ids, scores) of the same shape, re-ordered within the top z.
+        candidates. Returns (ids, scores) of the same shape, re-ordered within the top z (ties
+        keep their similarity order); scores are the final scores (`weighted`) or the
+        similarities (`reference`, whose key is a rank, not a score).
         """
         z = min(self.z, ids.shape[1])
         head_ids, head_sims = ids[:, :z], sims[:, :z]
         valid = head_ids >= 0
-        final = self.scores(head_sims, vectors[:, :z], neighbours[:, :z], valid)
-        order = np.argsort(-final, axis=1, kind="stable")
+        key = self.scores(head_sims, vectors[:, :z], neighbours[:, :z], valid)
+        order = np.argsort(-key, axis=1, kind="stable")
+        shown = np.where(valid, head_sims, -np.inf) if self.mode == "reference" else key
         out_ids, out_scores = ids.copy(), sims.astype(np.float32).copy()
         out_ids[:, :z] = np.take_along_axis(head_ids, order, axis=1)
-        out_scores[:, :z] = np.take_along_axis(final, order, axis=1)
+        out_scores[:, :z] = np.take_along_axis(shown, order, axis=1)
         return out_ids, out_scores

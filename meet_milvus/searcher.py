@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meet_milvus import cascade as stages_
 from meet_milvus import milvus_arrays
@@ -34,6 +34,7 @@ from meet_milvus.cascade import (
 from meet_milvus.config import Settings, load_settings
 from meet_milvus.errors import GalleryMismatchError, ParameterError
 from meet_milvus.gallery_layout import Gallery, Modality, open_gallery
+from meet_milvus.inputs import check_text, is_file
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
@@ -87,23 +88,45 @@ class SearchConfig(BaseModel):
     )
     nprobe: int | None = Field(None, description="IVF lists probed (default: all, exact)")
     pq: bool = True
-    pq_keep_images: Keep = stages_.PQ_KEEP
-    pq_keep_texts: Keep = stages_.PQ_KEEP
+    pq_keep_images: Keep = Field(
+        stages_.PQ_KEEP["image"], description="stage-2 size searching images (reference 0.6)"
+    )
+    pq_keep_texts: Keep = Field(
+        stages_.PQ_KEEP["text"], description="stage-2 size searching captions (reference 0.5)"
+    )
     pq_mode: Literal["adc", "milvus"] = stages_.PQ_MODE
     exact: bool = True
     exact_keep: int = Field(
         stages_.EXACT_KEEP, ge=1, le=MAX_TOPK, description="kept by the exact stage (>= k)"
     )
-    rerank: bool = True
+    # Re-ranking: `weighted` (similarity + alpha·consistency + beta·complementarity over the top
+    # z), `reference` (MEET's reference rule: the top K1 by reverse rank alone), or off (False;
+    # True means `weighted`). Both modes side by side on the demo: README.
+    rerank: Literal[False, "weighted", "reference"] = "weighted"
     alpha: float = Field(Reranker.alpha, description="weight of consistency")
     beta: float = Field(Reranker.beta, description="weight of complementarity")
     z: int = Field(Reranker.z, ge=1, description="re-ranking depth")
     temperature: float = Field(
         Reranker.temperature, gt=0, description="attention temperature of consistency"
     )
+    # The reference's K1 (at_bert/lib/evalution_AHR.py: K_t2i = 12, K_i2t = 15).
+    reference_k_images: int = Field(12, ge=1, description="reference re-ranking depth, t2i")
+    reference_k_texts: int = Field(15, ge=1, description="reference re-ranking depth, i2t")
+
+    @field_validator("rerank", mode="before")
+    @classmethod
+    def _rerank_on(cls, value: object) -> object:
+        return "weighted" if value is True else value
 
     def keep(self, stage: str, gallery: Modality) -> Keep:
         return getattr(self, f"{stage}_keep_{'images' if gallery == 'image' else 'texts'}")
+
+    def reranker(self, gallery: Modality) -> Reranker:
+        """The re-ranker for queries searching `gallery` (re-ranking on)."""
+        if self.rerank == "reference":
+            k1 = self.reference_k_images if gallery == "image" else self.reference_k_texts
+            return Reranker(z=k1, mode="reference")
+        return Reranker(self.alpha, self.beta, self.z, self.temperature)
 
     def first_filter(self, rows: int) -> Literal["meet", "ann"]:
         """The filter used on a gallery of `rows` items."""
@@ -148,6 +171,7 @@ class MeetSearcher:
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
+        self.gallery.check_rows(self.client)
         # Server-side mode: the gallery's codes, fetched once by the client-side stages.
         self._store: dict = {}
         self._tiers: dict[str, LocalTier] = {}
@@ -170,8 +194,7 @@ class MeetSearcher:
         self, text: str | Sequence[str], k: int = 10, diagnostics: bool = False
     ) -> list[Hit] | list[list[Hit]]:
         """Images for a text (a list of texts: one list of hits each)."""
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
+        single, texts = _batch(text, str, "query", "a text or a list of texts")
         check_k(k)  # before the (slow) encoding
         if not texts:
             return []
@@ -184,8 +207,7 @@ class MeetSearcher:
     ) -> list[Hit] | list[list[Hit]]:
         """Captions for an image: a file path, or features of one image ((R, D) grid or (D,)
         pooled). A list of those, or an (N, R, D) array, is a batch: one list of hits each."""
-        single = isinstance(image, str | Path) or (isinstance(image, np.ndarray) and image.ndim < 3)
-        items = [image] if single else list(image)
+        single, items = _batch(image, str | Path | np.ndarray, "image", "a file path or features")
         check_k(k)
         if not items:
             return []
@@ -196,10 +218,7 @@ class MeetSearcher:
     def encode_texts(self, texts: list[str]) -> Encoded:
         """Query texts through the model; empty ones refused, over-long ones truncated (warned)."""
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ParameterError(f"query {i}: expected text, got {type(t).__name__}")
-            if not t.strip():
-                raise ParameterError(f"query {i}: the text is empty")
+            check_text(t, f"query {i}")
         limit = self.model.max_text_len
         for i, n in enumerate(self.model.count_tokens(texts)):
             if n > limit:
@@ -214,7 +233,7 @@ class MeetSearcher:
         """Image files or feature arrays through the model (the same kind within a batch)."""
         if all(isinstance(x, str | Path) for x in items):
             for x in items:
-                if not Path(x).is_file():
+                if not is_file(x):
                     raise ParameterError(f"image file {x}: not found")
             with self._model_lock:
                 return self.model.encode_image_files([str(x) for x in items])
@@ -248,19 +267,18 @@ class MeetSearcher:
             if cfg.hash:
                 stages.append(
                     HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe,
-                                  mode=cfg.hash_mode, store=self._store, tier=tier)
+                                  mode=cfg.hash_mode, store=self._store, tier=tier, least=k)
                 )  # fmt: skip
             if cfg.pq:
                 stages.append(
-                    QuantizedFilter(c, g, gallery, self.model.codebooks,
+                    QuantizedFilter(c, g, gallery, self.model.codebooks_for(gallery),
                                     cfg.keep("pq", gallery), mode=cfg.pq_mode, nprobe=cfg.nprobe,
-                                    store=self._store, tier=tier)
+                                    store=self._store, tier=tier, least=k)
                 )  # fmt: skip
         if cfg.exact or not stages:
             stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k), tier=tier))
         if cfg.rerank:
-            reranker = Reranker(cfg.alpha, cfg.beta, cfg.z, cfg.temperature)
-            stages.append(Rerank(c, g, gallery, reranker, tier=tier))
+            stages.append(Rerank(c, g, gallery, cfg.reranker(gallery), tier=tier))
         return Cascade(stages)
 
     def run(
@@ -334,6 +352,18 @@ class MeetSearcher:
     def __repr__(self) -> str:
         model = self.model.config.fingerprint[:12]
         return f"MeetSearcher(collection={self.gallery.name!r}, model={model!r})"
+
+
+def _batch(value: Any, kind: Any, what: str, expected: str) -> tuple[bool, list]:
+    """(single, items) of a query argument: one `kind`, or a list of them (an (N, ...) array
+    of image features is a batch); anything else refused before the model runs."""
+    if isinstance(value, np.ndarray) and value.ndim >= 3:
+        return False, list(value)
+    if isinstance(value, kind):
+        return True, [value]
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return False, list(value)
+    raise ParameterError(f"{what}: expected {expected}, got {type(value).__name__}")
 
 
 def check_k(k: int) -> int:

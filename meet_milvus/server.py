@@ -60,6 +60,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ from pydantic import SecretStr
 
 from meet_milvus.config import Settings, redact_uri
 from meet_milvus.errors import ServerUnavailableError
+from meet_milvus.gallery_layout import MILVUS_LITE
+from meet_milvus.inputs import check_seconds
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -162,6 +165,8 @@ class EmbeddedServer:
         `die_with_parent` ties the server's life to this process (test fixtures): on Linux it
         gets SIGTERM when the calling thread exits, however that happens.
         """
+        # Before anything launches: a start that cannot wait stops the server it launched.
+        check_seconds(timeout, "embedded Milvus start timeout")
         with self._locked():
             state = self._read_state()
             if state and _state_alive(state):
@@ -580,7 +585,14 @@ class EmbeddedServer:
 
     def _read_state(self) -> dict | None:
         state = _read_json(self._state_file)
-        return state if {"pid", "exe", "port", "metrics_port"} <= state.keys() else None
+        if not {"pid", "exe", "port", "metrics_port"} <= state.keys():
+            return None
+        # A copied data dir carries the state of the original's server: that server is not
+        # this directory's, and a stop or restart here must not reach it.
+        marker = state.get("marker")
+        if isinstance(marker, str) and not _inside(Path(marker), self.directory):
+            return None
+        return state
 
     def _write_state(self, state: dict) -> None:
         _write_private(self._state_file, json.dumps(state, indent=2))
@@ -608,8 +620,17 @@ def connect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> MilvusClien
 
 
 def server_version(client: MilvusClient) -> str:
-    """The version the server reports, e.g. 'v2.3.5-lite' for the embedded one."""
-    return client.get_server_version()
+    """The version the server reports, e.g. 'v2.3.5-lite' for the embedded one; MILVUS_LITE
+    for Milvus Lite (a local `.db` file), which implements no version request."""
+    import grpc
+
+    try:
+        with _quiet_pymilvus():  # Lite's refusal is logged as an error otherwise
+            return client.get_server_version()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return MILVUS_LITE
+        raise
 
 
 def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs: Any) -> MilvusClient:
@@ -619,7 +640,9 @@ def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs: Any) -
     from pymilvus.exceptions import MilvusException
 
     where = f"Milvus at {redact_uri(uri)}"
-    with _quiet_pymilvus():
+    with _quiet_pymilvus(), warnings.catch_warnings():
+        # Milvus Lite 2.5 (a `.db` URI) imports pkg_resources, which warns it is deprecated.
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
         try:
             return MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
         except MilvusException as e:
@@ -910,6 +933,11 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path` lies in `directory`, whichever symlinks lead to either."""
+    return path.resolve().is_relative_to(directory.resolve())
 
 
 def _owned(path: Path) -> bool:

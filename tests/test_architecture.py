@@ -30,13 +30,14 @@ SOURCES = {"meet_milvus": "meet_milvus", "meet_milvus_loaders": "loaders",
 # Lowest first. A module belongs to the first layer with a prefix matching it (a prefix matches
 # the module itself and everything under it); it may import its own layer and lower ones.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("meet_milvus.errors", "meet_milvus.config", "meet_milvus.evaluation")),
+    ("base", ("meet_milvus.errors", "meet_milvus.inputs", "meet_milvus.config",
+              "meet_milvus.progress", "meet_milvus.evaluation")),
     ("model", ("meet_milvus.model",)),
     ("milvus access", ("meet_milvus.server", "meet_milvus.gallery_layout",
                        "meet_milvus.milvus_arrays", "meet_milvus.tier")),
     ("search", ("meet_milvus.results", "meet_milvus.rerank", "meet_milvus.cascade",
                 "meet_milvus.searcher", "meet_milvus.milvus_eval", "meet_milvus.sheet",
-                "meet_milvus.web")),
+                "meet_milvus.charts", "meet_milvus.web")),
     ("loaders", ("meet_milvus_loaders",)),
     ("cli", ("meet_milvus.context", "meet_milvus.commands", "meet_milvus.cli",
              "meet_milvus.__main__")),

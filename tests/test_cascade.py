@@ -87,7 +87,7 @@ def test_adc_reproduces_the_models_pq_ranking(setup):
     client, gallery, model, images, texts = setup
     stage = QuantizedFilter(client, gallery, "text", model.codebooks, keep=15)
     out = stage(images)
-    expected = images.head @ model.pq_reconstruct(texts.pq_codes).T
+    expected = images.head @ model.pq_reconstruct(texts.pq_codes, "text").T
     np.testing.assert_allclose(
         out.scores, np.take_along_axis(expected, out.ids, 1), rtol=1e-4, atol=1e-4
     )
@@ -184,6 +184,9 @@ def test_stage_sizes():
     assert resolve_keep(50, 20) == 20
     assert resolve_keep(1.0, 10**6) == MAX_TOPK  # Milvus's topk limit
     assert resolve_keep(1.0, 10**6, cap=10**6) == 10**6  # client-side stages
+    # A filter keeps at least the k asked for (else k > its size returns fewer hits).
+    assert resolve_keep(0.3, 1000, least=500) == 500 and resolve_keep(0.3, 20, least=50) == 20
+    assert resolve_keep(0.5, 10**6, least=20000) == 16384  # still within Milvus's topk
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(MeetError):
             resolve_keep(bad, 100)

@@ -179,7 +179,8 @@ def test_cli_demo_prints_the_table_and_rebuilds_byte_identical(demo_data, tmp_pa
     assert lines[0].startswith(f"demo data set in {tmp_path / 'demo_precomp'} (seed 0")
     assert lines[1].split() == ["split", "images", "captions", "singles", "stamps"]
     table = {r.split()[0]: r.split()[1:3] for r in lines[2:]}
-    assert table == {"train": ["40", "200"], "dev": ["10", "50"], "test": ["20", "100"]}
+    assert table == {"train": ["40", "200"], "dev": ["10", "50"], "test": ["20", "100"],
+                     "test_seen": ["20", "100"]}  # fmt: skip
     # Same seed as the fixture: the same captions, features and image files, byte for byte.
     for split in DEMO_SIZES:
         for suffix in ("_caps.txt", "_ims.npy"):
@@ -237,3 +238,20 @@ def test_failed_package_download_is_a_clear_error(tmp_path, monkeypatch):
         "update",
         "download tuxpaint-stamps-default",
     ]
+
+
+@pytest.mark.integration
+def test_seen_split_is_training_stamps_in_new_scenes(demo_data, stamps):
+    # COCO-like: objects seen in training, in compositions no training picture has.
+    from meet_milvus_loaders.demo import _composition, plan_seen
+
+    parts = partition_stamps(stamps, seed=0)
+    train = plan_split(parts["train"], 40, seed=0, split_index=0)
+    seen = plan_seen(train, parts["train"], 30, seed=0)
+    assert len(seen) == 30 and all(len(p.placements) >= 2 for p in seen)
+    assert {k for p in seen for k in p.stamp_keys} <= {s.key for s in parts["train"]}
+    assert not {_composition(p) for p in seen} & {_composition(p) for p in train}
+    meta = json.loads((demo_data.data_dir / "demo_precomp" / "demo.json").read_text())
+    used = {k for image in meta["splits"]["test_seen"]["images"] for k in image}
+    assert used <= set(meta["splits"]["train"]["stamps"])
+    assert load_split(demo_data.data_dir, "demo", "test_seen").n_images == DEMO_SIZES["test"]

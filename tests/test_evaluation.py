@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from meet_milvus.errors import MeetError
 from meet_milvus.evaluation import (
     TABLE_COLUMNS,
+    TIE_POLICY,
     Recall,
     _ranks_from_similarity,
     average,
@@ -195,6 +196,52 @@ def test_similarity_and_rankings_agree_on_random_data(seed):
         np.argsort(-sims, axis=1), np.argsort(-sims.T, axis=1), caption_image, n_images
     )
     assert got == recall_from_similarity(sims, caption_image)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("depth", [None, 30])
+def test_scored_rankings_tie_like_the_similarity_matrix(depth):
+    # Hamming distances of 8-bit codes: a handful of values, ties everywhere. A stage lists
+    # tied items in id order (as the client-side Hamming scan does); with the scores, the
+    # ranked lists score exactly what the matrix scores, truncated or not (R@K, K <= 10).
+    rng = np.random.default_rng(3)
+    n_images, per_image = 25, 3
+    caption_image = np.repeat(np.arange(n_images), per_image)
+    images = rng.integers(0, 256, n_images, dtype=np.uint8)
+    texts = images[caption_image] ^ rng.integers(0, 256, len(caption_image), dtype=np.uint8)
+    sims = -np.unpackbits((images[:, None] ^ texts[None, :])[..., None], axis=2).sum(2)
+    sims = sims.astype(np.float32)
+
+    def ranked(rows: np.ndarray) -> tuple[list, list]:
+        order = np.argsort(-rows, axis=1, kind="stable")[:, :depth]
+        return list(order), list(np.take_along_axis(rows, order, axis=1))
+
+    (i2t, i2t_scores), (t2i, t2i_scores) = ranked(sims), ranked(sims.T)
+    want = recall_from_similarity(sims, caption_image)
+    got = recall_from_rankings(i2t, t2i, caption_image, n_images, i2t_scores, t2i_scores)
+    if depth is None:
+        assert got == want
+    else:
+        assert got.as_row() == want.as_row()
+    # Without the scores the id order breaks the ties, in the truths' favour here.
+    assert recall_from_rankings(i2t, t2i, caption_image, n_images).rsum > want.rsum
+    assert TIE_POLICY.startswith("ties pessimistic")
+
+
+@pytest.mark.unit
+def test_scored_ties_are_contiguous_runs():
+    # A re-ranked head: scores need not fall along the list; only the non-matches listed right
+    # after the truth with its very score go before it.
+    caption_image = np.array([0, 1, 2, 3])
+    t2i = [[1, 0, 2, 3], [1, 0], [2], [3]]
+    t2i_scores = [[0.9, 0.5, 0.5, 0.8], [0.1, 0.1], [0.3], [0.2]]
+    i2t = [[0], [1], [2], [3]]
+    got = recall_from_rankings(i2t, t2i, caption_image, 4, [[1]] * 4, t2i_scores)
+    # c0: i0 at 2, tied with i2 after it -> 3 (not pushed by i3's 0.8); c1: i1 first, tied
+    # with i0 -> 2; c2, c3: rank 1.
+    assert (got.r1_t2i, got.meanr_t2i) == (50.0, 7 / 4)
+    with pytest.raises(MeetError, match=r"t2i_scores\[0\]: 1 scores for 4 ids"):
+        recall_from_rankings(i2t, t2i, caption_image, 4, None, [[1], [1], [1], [1]])
 
 
 def five_fold_case() -> tuple[np.ndarray, np.ndarray]:

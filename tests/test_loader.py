@@ -35,6 +35,9 @@ def demo_items(runtime_settings, demo_checkpoint):
     return model, split, split_items(split, images, texts, neighbours=8)
 
 
+_dense = ["dense", "source", "external_id", "image", "neighbours"]
+
+
 def _write(client, name, model, items, **kw):
     origin = Origin.of(model, "demo/test")
     if "fingerprint" in kw:
@@ -99,13 +102,31 @@ def test_resume_refusal_and_drop_on_one_gallery(client, demo_items):
     codes = milvus_arrays.fetch(client, part, np.arange(captions), ["codes"])["codes"]
     np.testing.assert_array_equal(codes.astype(np.uint8), items["text"].encoded.pq_codes)
 
-    # Rows that are not the keys 0..n-1 a load writes: refused, not patched over.
+    # Scattered keys (a load resumed in another order): the rest go in, each key once.
     part = f"{name}_image_hash"
     client.drop_collection(part)
     cols.create(client, cols.read_meta(client, f"{name}_image_dense"))
     client.insert(part, [items["image"].row(i, ["hash"]) for i in (0, 5)])
-    with pytest.raises(MeetError, match="not the keys 0..1"):
-        _write(client, name, model, items)
+    report = _write(client, name, model, items)
+    assert report.before[part] == 2 and report.inserted[part] == 18
+    assert milvus_arrays.count(client, part) == 20
+
+    # A key stored twice (what a crashed server's replay and a rerun load left), or a key no
+    # load writes: that collection is rebuilt, and ends with each key 0..n-1 exactly once.
+    cols.load_all(client, [part])
+    client.insert(part, [items["image"].row(3, ["hash"])])
+    client.insert(f"{name}_text_dense", [items["text"].row(0, _dense) | {"id": 500}])
+    assert milvus_arrays.count(client, part) == 21
+    said: list[str] = []
+    report = _write(client, name, model, items, echo=said.append)
+    assert any("21 rows for 20 distinct keys" in line for line in said)
+    assert any("1 rows have keys outside 0..99" in line for line in said)
+    assert report.inserted[part] == 20 and report.inserted[f"{name}_text_dense"] == 100
+    for collection, rows in report.final.items():
+        assert milvus_arrays.count(client, collection) == rows == report.expected[collection]
+        ids = milvus_arrays.ids_in_range(client, collection, 0, rows + 1000)
+        np.testing.assert_array_equal(ids, np.arange(rows))
+    assert client.get_collection_stats(part)["row_count"] == 20
 
     # --drop rebuilds from nothing.
     report = _write(client, name, model, items, drop=True)
@@ -118,6 +139,10 @@ def test_layout_follows_the_server_version():
     assert cols.Layout.for_version("v2.3.5-lite").kind == "split"
     assert cols.Layout.for_version("v2.4.13").kind == "multi"
     assert cols.Layout.for_version("2.6.0").kind == "multi"
+    # Milvus Lite: one collection per modality, and only the exact (flat) indexes.
+    assert cols.Layout.for_version(cols.MILVUS_LITE).kind == "multi"
+    assert cols.index_family(cols.MILVUS_LITE) == "flat"
+    assert cols.index_family("v2.4.13") == cols.index_family("v2.3.5-lite") == "ivf"
     with pytest.raises(MeetError, match="2.3 or newer"):
         cols.Layout.for_version("v2.2.16")
     multi = cols.Layout("multi")

@@ -84,6 +84,81 @@ def test_complementarity_alone_reproduces_the_reference_reverse_rank_order():
         assert out[0, :z].tolist() == [int(t) for t in reference]
 
 
+def _reference_order(sim: np.ndarray, q: int, k1: int) -> list[int]:
+    """MEET's reference rule written out (i2t_rerank, at_bert/lib/evalution_AHR.py): query q's
+    top k1 of a (queries x items) matrix, where items a query's filters dropped hold -10,
+    sorted by q's position in each item's ranking of the queries; the rest in score order."""
+    order = np.argsort(-sim[q], kind="stable")
+    position = {int(t): int(np.flatnonzero(np.argsort(-sim[:, t], kind="stable") == q)[0])
+                for t in order[:k1]}  # fmt: skip
+    top = sorted(order[:k1].tolist(), key=position.__getitem__)  # stable: ties keep score order
+    return top + order[k1:].tolist()
+
+
+def _reference_inputs(sim: np.ndarray, q: int) -> tuple[np.ndarray, ...]:
+    """The re-ranker's inputs for query q: its items by score, and every item's similarities
+    to the queries that kept it, descending (the loader's neighbour statistics)."""
+    order = np.argsort(-sim[q], kind="stable")
+    neighbours = -np.sort(-sim.T, axis=1)[order]
+    vectors = np.zeros((1, len(order), 2))
+    return order[None], sim[q, order][None], vectors, neighbours[None]
+
+
+@pytest.mark.unit
+def test_reference_mode_reproduces_the_reference_rule_on_a_hand_made_case():
+    # Three queries, four items; -10: dropped by that query's hash/PQ filters. Item 1 is
+    # closer to query 2 (0.85) than to query 0 but query 2's filters dropped it, so query 0
+    # ranks first among the queries that kept it, as it does for item 2; item 0 prefers the
+    # other two queries.
+    sim = np.array([
+        [0.90, 0.80, 0.70, 0.10],
+        [0.95, 0.20, -10.0, 0.30],
+        [0.92, -10.0, 0.10, 0.20],
+    ])  # fmt: skip
+    assert _reference_order(sim, 0, 3) == [1, 2, 0, 3]
+    ids, sims, vectors, neighbours = _reference_inputs(sim, 0)
+    out, scores = Reranker(z=3, mode="reference").rerank(ids, sims, vectors, neighbours)
+    assert out[0].tolist() == [1, 2, 0, 3]
+    np.testing.assert_allclose(scores[0], [0.80, 0.70, 0.90, 0.10])  # similarities, re-ordered
+    # The weighted rule with the same statistics, but z = 4 and a small beta, does not.
+    weighted, _ = Reranker(beta=0.05, z=4).rerank(ids, sims, vectors, neighbours)
+    assert weighted[0].tolist() != [1, 2, 0, 3]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("gallery, k1", [("image", 12), ("text", 15)])
+def test_reference_mode_matches_the_reference_with_its_k1_per_direction(gallery, k1):
+    from meet_milvus.searcher import SearchConfig
+
+    reranker = SearchConfig(rerank="reference").reranker(gallery)
+    assert (reranker.mode, reranker.z) == ("reference", k1)  # 12 for text queries, 15 image
+    rng = np.random.default_rng(k1)
+    # Distinct similarities at least 4e-4 apart: closer ones are a tie to the re-ranker (TIE).
+    sim = rng.permutation(40 * 60).reshape(40, 60) / (40 * 60)
+    sim[rng.random(sim.shape) < 0.3] = -10.0  # filtered out
+    changed = 0
+    for q in range(len(sim)):
+        out, _ = reranker.rerank(*_reference_inputs(sim, q))
+        expected = _reference_order(sim, q, k1)
+        assert out[0].tolist() == expected
+        changed += expected != np.argsort(-sim[q], kind="stable").tolist()
+    assert changed > 30  # the rule re-orders almost every query: the check has teeth
+
+
+@pytest.mark.unit
+def test_search_config_rerank_modes():
+    from meet_milvus.searcher import SearchConfig
+
+    assert SearchConfig().rerank == "weighted" and SearchConfig(rerank=True).rerank == "weighted"
+    assert SearchConfig(rerank=False).rerank is False
+    weighted = SearchConfig(beta=0.3, z=20).reranker("image")
+    assert (weighted.mode, weighted.beta, weighted.z) == ("weighted", 0.3, 20)
+    with pytest.raises(ValueError):
+        SearchConfig(rerank="sideways")
+    with pytest.raises(MeetError, match="re-ranking mode 'sideways'"):
+        Reranker(mode="sideways")
+
+
 def test_bad_parameters_are_refused():
     with pytest.raises(MeetError, match="z=0"):
         Reranker(z=0)

@@ -43,10 +43,45 @@ def test_search_prints_a_table(flags, demo_gallery):
 
 def test_eval_prints_recall_and_stage_tables(flags, demo_gallery):
     out = _run(flags, "eval", "--collection", demo_gallery)
-    for method in ("dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking"):
+    for method in ("dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking",
+                   "cascade + reference re-ranking"):  # fmt: skip
         assert f"| {method} |" in out
     assert "| method | direction | stage | ms/query | candidates | true match kept % |" in out
     assert "| cascade + re-ranking | t2i | rerank |" in out
+    assert "| cascade + reference re-ranking | i2t | rerank |" in out
+    one = _run(flags, "eval", "--collection", demo_gallery, "--method", "cascade + re-ranking",
+               "--rerank", "reference")  # fmt: skip
+    assert "| cascade + reference re-ranking |" in one and "| cascade + re-ranking |" not in one
+    assert "(ties pessimistic: " in out  # the tie policy is named beside the figures
+
+
+def test_eval_tune_pq_prints_each_keep_per_direction(flags, demo_gallery):
+    from meet_milvus.milvus_eval import PQ_KEEPS
+
+    out = _run(flags, "eval", "--collection", demo_gallery, "--tune-pq")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 0.")
+            or line.startswith("| 1 |")]  # fmt: skip
+    assert [float(r[0].strip("| ")) for r in rows] == list(PQ_KEEPS)
+    assert all(0 <= float(v) <= 300 for r in rows for v in (r[1], r[2], r[4], r[5]))
+    # The gallery (20 images, 100 captions) is smaller than the lists are deep: all survive.
+    assert {(r[3], r[6].strip(" |")) for r in rows} == {("100", "20")}
+
+
+@pytest.mark.integration
+def test_eval_and_meet_train_score_the_same_checkpoint_alike(runtime_settings, searcher, split):
+    # meet-train's dev evaluation (similarity matrices) and `meet-milvus eval` (the search's
+    # ranked lists, ties broken by id in the Hamming scan) on the same codes: one tie policy,
+    # the same figures. The gallery (20 images, 100 captions) fits in the lists whole.
+    from meet_milvus import milvus_eval
+    from meet_milvus_loaders.milvus_loader import encode_split
+    from meet_milvus_training.evaluate import retrieval_recalls
+
+    images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 64, False)
+    trained = retrieval_recalls(images, texts, searcher.model.codebooks, split.caption_image)
+    queries = {"i2t": images, "t2i": texts}
+    for method, key in (("hash only", "hash"), ("dense exact", "dense")):
+        got = milvus_eval.run_method(searcher, method, split, queries).recall
+        assert got.as_row() == pytest.approx(trained[key].as_row()), method
 
 
 def test_eval_measures_which_pq_stage_reproduces_the_model(
@@ -82,3 +117,8 @@ def test_user_errors_exit_2_with_one_line(runtime_settings):
     cmd = [*main, "search", "x", "--collection", "t_demo", "-k", "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2 and "k=0" in out.stderr and "Traceback" not in out.stderr
+    cmd = [*main, "search", "x", "--collection", "t_demo", "--no-rerank", "--rerank", "reference"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: search: --no-rerank and --rerank reference contradict each other"
+    ]

@@ -12,6 +12,7 @@ from meet_milvus.cascade import HASH_KEEP, resolve_keep
 from meet_milvus.errors import (
     GalleryMismatchError,
     GalleryNotFoundError,
+    MeetError,
     ParameterError,
     ServerUnavailableError,
 )
@@ -117,6 +118,25 @@ def test_unknown_and_foreign_collections_are_refused(runtime_settings, searcher,
     write_gallery(searcher.client, "t_foreign", items, origin, drop=True, progress=False)
     with pytest.raises(GalleryMismatchError, match="loaded with model ffffffffffff, not with"):
         MeetSearcher("t_foreign", checkpoint=demo_checkpoint, settings=runtime_settings)
+
+
+@pytest.mark.integration
+def test_a_gallery_whose_rows_changed_is_refused_until_reloaded(
+    runtime_settings, searcher, demo_checkpoint
+):
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 64, False)
+    items, origin = split_items(split, images, texts, 4), Origin.of(searcher.model, "demo/test")
+    write_gallery(searcher.client, "t_rows", items, origin, drop=True, progress=False)
+    searcher.client.load_collection("t_rows_text_pq")
+    searcher.client.insert("t_rows_text_pq", [items["text"].row(7, ["head", "codes"])])
+    searcher.client.flush("t_rows_text_pq")  # a row stored twice, sealed
+    changed = "t_rows_text_pq holds 101 rows, the gallery has 100"
+    with pytest.raises(MeetError, match=changed):
+        MeetSearcher("t_rows", checkpoint=demo_checkpoint, settings=runtime_settings)
+    write_gallery(searcher.client, "t_rows", items, origin, progress=False)  # as `load` runs
+    again = MeetSearcher("t_rows", checkpoint=demo_checkpoint, settings=runtime_settings)
+    assert len(again.search(split.captions[0], k=3)) == 3
 
 
 @pytest.mark.integration

@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from meet_milvus.model.hashing import hamming, pack_codes
+from meet_milvus.model.hashing import code_bits, hamming, pack_codes
 from meet_milvus.model.quantization import (
     ProductQuantizer,
+    Quantizers,
     adc_scores,
     adc_tables,
     pq_encode,
     pq_reconstruct,
 )
 from meet_milvus.model.vocab import UNK, Vocabulary
+from meet_milvus_training.losses import QuantizationLoss
 
 pytestmark = pytest.mark.unit
 
@@ -21,9 +23,23 @@ def test_pack_codes_is_the_contracts_packbits():
     head = np.array([[0.9, -0.2, 0.1, -0.7, -0.1, 0.3, 0.0, 0.8] * 2], dtype=np.float32)
     codes = pack_codes(head)
     assert codes.dtype == np.uint8 and codes.shape == (1, 2)
-    # Big bit order: the first output is the most significant bit; 0.0 is not positive.
-    assert codes[0, 0] == 0b10100101
-    assert np.array_equal(codes, np.packbits(head > 0, axis=1))
+    # Big bit order: the first output is the most significant bit; 0.0 counts as +1 (>= 0, as
+    # MEET's reference), -0.0 too (it equals 0).
+    assert codes[0, 0] == 0b10100111
+    assert np.array_equal(codes, np.packbits(head >= 0, axis=1))
+    assert np.array_equal(pack_codes(-np.zeros((1, 8))), [[0xFF]])
+
+
+@pytest.mark.unit
+def test_sign_rule_is_shared_by_codes_and_the_quantization_loss():
+    # L_q pulls an output of exactly 0 towards +1, the bit its stored code has.
+    head = torch.zeros(1, 8, requires_grad=True)
+    loss = QuantizationLoss()(head, torch.zeros(1, 8))
+    assert float(loss) == pytest.approx(1.0)  # (0 - 1)^2 averaged over 8 outputs
+    loss.backward()
+    assert (head.grad < 0).all()  # gradient descent moves every output up, towards +1
+    assert np.array_equal(code_bits(head.detach()).numpy(), code_bits(np.zeros((1, 8))))
+    assert pack_codes(np.zeros((1, 8)))[0, 0] == 0xFF
 
 
 def test_hamming_counts_differing_signs():
@@ -97,6 +113,33 @@ def test_vocabulary_is_deterministic_and_maps_unknown_words():
     assert ids[2] == v.index[UNK]
     batch = v.batch(["a dog", "a"], max_len=10)
     assert batch["lengths"].tolist() == [4, 3] and batch["tokens"][1, 3] == 0
+
+
+@pytest.mark.unit
+def test_per_modality_quantizers_fit_each_modality_on_its_own():
+    images = _clustered(seed=1)
+    texts = _clustered(seed=2) + 3.0  # elsewhere: a shared set would split its codewords
+    shared = Quantizers(16, 4, 3)
+    shared.fit(images, texts, iters=5, seed=0)
+    assert shared["image"] is shared["text"] and shared.codebooks.shape == (4, 8, 4)
+    per = Quantizers(16, 4, 3, "per_modality")
+    per.fit(images, texts, iters=5, seed=0)
+    assert per.codebooks.shape == (2, 4, 8, 4)
+    alone = ProductQuantizer(16, 4, 3)
+    assert torch.equal(per["text"].codebooks, alone.fit(texts, iters=5, seed=0))
+    # Each modality is reconstructed better by its own codebooks than by the shared set.
+    for m, x in (("image", images), ("text", texts)):
+        err = ((per.quantize(x, m) - x) ** 2).sum()
+        assert err < ((shared.quantize(x, m) - x) ** 2).sum()
+    # Stored codebooks read back with their layout.
+    again = Quantizers.from_codebooks(per.codebooks)
+    assert again.layout == "per_modality" and torch.equal(again["image"].codebooks,
+                                                          per["image"].codebooks)  # fmt: skip
+    assert Quantizers.from_codebooks(shared.codebooks).layout == "shared"
+    with pytest.raises(ValueError, match="per modality"):
+        Quantizers(16, 4, 3, "per_modality", shared.codebooks)
+    with pytest.raises(ValueError, match="PQ layout 'both'"):
+        Quantizers(16, 4, 3, "both")
 
 
 def test_numpy_pq_of_the_runtime_equals_the_trainers_quantizer():

@@ -125,20 +125,20 @@ def test_encoded_batches_follow_the_contract(model, dev):
     assert (cfg.H, cfg.M, cfg.K, cfg.feature_dim) == (64, 8, 8, 1280)
     images = model.encode_images(dev.images[:5], batch_size=2)
     texts = model.encode_texts(dev.captions[:7], batch_size=3)
-    for enc, n in ((images, 5), (texts, 7)):
+    for enc, n, modality in ((images, 5, "image"), (texts, 7, "text")):
         assert isinstance(enc, Encoded) and len(enc) == n
         assert enc.dense.shape == (n, cfg.embed_dim) and enc.dense.dtype == np.float32
         assert np.allclose(np.linalg.norm(enc.dense, axis=1), 1, atol=1e-5)
         assert enc.head.shape == (n, 64) and enc.head.dtype == np.float32
         assert np.all(np.abs(enc.head) < 1)
         assert enc.hash_codes.dtype == np.uint8 and enc.hash_codes.shape == (n, 8)
-        assert np.array_equal(enc.hash_codes, np.packbits(enc.head > 0, axis=1))
+        assert np.array_equal(enc.hash_codes, np.packbits(enc.head >= 0, axis=1))
         assert enc.pq_codes.dtype == np.uint8 and enc.pq_codes.shape == (n, 8)
         # Each PQ code is the nearest codeword of its sub-space.
         parts = enc.head.reshape(n, 8, 8)
         dist = ((parts[:, :, None, :] - model.codebooks[None]) ** 2).sum(-1)
         assert np.array_equal(enc.pq_codes, dist.argmin(-1))
-        rec = model.pq_reconstruct(enc.pq_codes)
+        rec = model.pq_reconstruct(enc.pq_codes, modality)
         assert rec.shape == (n, 64) and rec.dtype == np.float32
     assert model.codebooks.shape == (8, 256, 8) and model.codebooks.dtype == np.float32
     # Batch size does not change the result; (N, D) pooled features are accepted too.
@@ -213,7 +213,7 @@ def test_bad_input_is_one_clear_error(model, trained, tmp_path):
     with pytest.raises(MeetError, match="caption 1: empty"):
         model.encode_texts(["a cat", "   "])
     with pytest.raises(MeetError, match="PQ codes of shape"):
-        model.pq_reconstruct(np.zeros((2, 3), np.uint8))
+        model.pq_reconstruct(np.zeros((2, 3), np.uint8), "image")
     with pytest.raises(MeetError, match="no such directory"):
         load_checkpoint(tmp_path / "nowhere")
     ckpt = tmp_path / "ckpt"
@@ -275,4 +275,69 @@ def test_pq_of_a_checkpoint_scores_like_reconstruction(model, dev):
     g = model.encode_images(dev.images[:6])
     pq = ProductQuantizer(64, 8, 8, torch.from_numpy(model.codebooks))
     adc = pq.adc(torch.from_numpy(q.head), torch.from_numpy(g.pq_codes.astype(np.int64)))
-    assert np.allclose(adc.numpy(), q.head @ model.pq_reconstruct(g.pq_codes).T, atol=1e-5)
+    assert np.allclose(
+        adc.numpy(), q.head @ model.pq_reconstruct(g.pq_codes, "image").T, atol=1e-5
+    )
+
+
+def test_patience_stops_on_dev_and_keeps_the_best_epoch(settings, tmp_path, monkeypatch):
+    # Scripted dev scores (dense, hash, pq per epoch), then the test evaluation's: the run
+    # improves in epochs 1-2, then not for two epochs, and stops there under a ceiling of 6.
+    from meet_milvus_training import trainer as trainer_mod
+
+    script = iter([10.0, 12.0, 11.0, 12.0, 99.0, 99.0, 5.0])
+    monkeypatch.setattr(
+        trainer_mod, "rsums", lambda _: dict.fromkeys(("dense", "hash", "pq", "sum"), next(script))
+    )
+    logs: list[str] = []
+    config = TrainConfig(**{**TINY, "num_epochs": 6, "patience": 2})
+    result = train(config, settings, output=tmp_path / "run", progress=False, log=logs.append)
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch == 2 and result.best["sum"] == 12.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epoch"] == 2
+    assert any(
+        line.startswith("early stop: dev rSum has not improved since epoch 2") for line in logs
+    )
+    # Patience 0: the fixed count, every epoch trained.
+    script = iter([3.0, 2.0, 1.0])
+    config = TrainConfig(**{**TINY, "num_epochs": 2, "patience": 0})
+    result = train(config, settings, output=tmp_path / "fixed", progress=False, log=logs.append)
+    assert [h.epoch for h in result.history] == [1, 2] and result.best_epoch == 1
+
+
+def test_per_modality_codebooks_train_save_and_load(settings, dev, tmp_path):
+    config = TrainConfig(**{**TINY, "num_epochs": 1}, pq_layout="per_modality")
+    result = train(config, settings, output=tmp_path / "per", progress=False, log=lambda _: None)
+    model = load_checkpoint(result.checkpoint, device="cpu")
+    assert model.config.pq_layout == "per_modality" and model.codebooks.shape == (2, 8, 256, 8)
+    assert not np.array_equal(model.codebooks_for("image"), model.codebooks_for("text"))
+    # Each modality's codes are its nearest codewords in its own set.
+    for enc, m in ((model.encode_images(dev.images[:5]), "image"),
+                   (model.encode_texts(dev.captions[:6]), "text")):  # fmt: skip
+        parts = enc.head.reshape(len(enc), 8, 8)
+        dist = ((parts[:, :, None, :] - model.codebooks_for(m)[None]) ** 2).sum(-1)
+        assert np.array_equal(enc.pq_codes, dist.argmin(-1))
+
+
+def test_a_checkpoint_from_before_pq_layout_loads_as_shared(trained, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained.checkpoint, old, ignore=shutil.ignore_patterns("last", "tb"))
+    raw = json.loads((old / "config.json").read_text())
+    del raw["pq_layout"]
+    (old / "config.json").write_text(json.dumps(raw))
+    model = load_checkpoint(old, device="cpu")
+    assert model.config.pq_layout == "shared" and model.codebooks.shape == (8, 256, 8)
+    assert np.array_equal(model.codebooks_for("image"), model.codebooks_for("text"))
+
+
+def test_frozen_transformer_is_read_only_when_a_caption_needs_it(trained, dev):
+    # Image queries and cached encodings never pay for transformers (seconds to import and read).
+    fresh = load_checkpoint(trained.checkpoint, device="cpu")
+    lazy = fresh.net.text_encoder._lazy
+    assert lazy is not None and lazy._loaded is None
+    assert not any(k.startswith("text_encoder.transformer.") for k in fresh.net.state_dict())
+    fresh.encode_images(dev.images[:2])
+    assert lazy._loaded is None
+    live = load_checkpoint(trained.checkpoint, device="cpu").encode_texts(dev.captions[:3])
+    assert np.array_equal(fresh.encode_texts(dev.captions[:3]).dense, live.dense)
+    assert lazy._loaded is not None

@@ -31,8 +31,13 @@ CONFIGURATIONS: list[tuple[str, str, dict[str, bool]]] = [
 
 def table(rows: list[dict], config: TrainConfig) -> str:
     """Markdown table of the rows (name, rsums, seconds) with the command and settings above."""
+    schedule = (
+        f"at most {config.num_epochs}, patience {config.patience}"
+        if config.patience
+        else str(config.num_epochs)
+    )
     lines = [
-        f"rSum on the {config.data_name} test split (best dev epoch of {config.num_epochs}; "
+        f"rSum on the {config.data_name} test split (best dev epoch of {schedule}; "
         f"text {config.text_encoder}, H={config.H}, M={config.M}, K={config.K}, "
         f"seed {config.seed})",
         "",

@@ -27,7 +27,7 @@ from meet_milvus.model.checkpoint import (
 )
 from meet_milvus.model.config import ModelConfig
 from meet_milvus.model.network import MeetNet
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
 
 OPTIMIZER, OBJECTIVE, TRAINER = "optimizer.safetensors", "objective.safetensors", "trainer.json"
 
@@ -40,7 +40,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(
-    path: str | Path, net: MeetNet, quantizer: ProductQuantizer, config: ModelConfig
+    path: str | Path, net: MeetNet, quantizer: Quantizers, config: ModelConfig
 ) -> ModelConfig:
     """Write a checkpoint directory; returns the config with its fingerprint filled in."""
     path = Path(path)

@@ -37,13 +37,16 @@ _FIELDS: list[tuple[str, type | click.ParamType, str]] = [
     ("M", int, "PQ sub-spaces"),
     ("K", int, "bits per PQ code (2**K codewords per sub-space, K <= 8)"),
     ("kmeans_iters", int, "k-means iterations per codebook refresh"),
+    ("pq_layout", click.Choice(["shared", "per_modality"]),
+     "PQ codebooks shared by images and texts, or one set per modality"),
     ("margin", float, "ranking loss margin"),
     ("beta1", float, "weight of L_f (similarity preservation)"),
     ("beta2", float, "weight of L_q (quantization)"),
     ("filter_margin", float, "drop negatives scoring this far above the positive"),
     ("filter_warmup", int, "epochs before the similarity filter acts"),
     ("temperature", float, "temperature of the hardness softmax"),
-    ("num_epochs", int, "epochs"),
+    ("num_epochs", int, "most epochs (the ceiling when --patience stops earlier)"),
+    ("patience", int, "stop when dev has not improved for this many epochs (0: never)"),
     ("batch_size", int, "mini-batch size"),
     ("learning_rate", float, "initial learning rate"),
     ("learning_hash_rate", float, "learning rate of the hash heads [learning_rate]"),
@@ -127,7 +130,7 @@ def train_command(output, resume, ablation, device, config_file, data_dir, cache
         from meet_milvus_training.trainer import resumed_config
 
         # The saved run defines the model; only how long and how to run may change.
-        runtime = {k: values.get(k) for k in ("num_epochs", "workers")}
+        runtime = {k: values.get(k) for k in ("num_epochs", "patience", "workers")}
         config = resumed_config(resume, **runtime)
     else:
         config = _config(values)

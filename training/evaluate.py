@@ -8,7 +8,7 @@ import torch
 from meet_milvus.evaluation import recall_from_similarity
 from meet_milvus.model.hashing import hamming
 from meet_milvus.model.meet_model import Encoded
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
 
 _T2I = ("r1_t2i", "r5_t2i", "r10_t2i", "medr_t2i", "meanr_t2i")
 
@@ -18,16 +18,23 @@ def retrieval_recalls(
 ) -> dict:
     """{"dense", "hash", "pq"} -> meet_milvus.evaluation.Recall on the image x caption gallery.
 
-    hash: Hamming distance of the packed codes (lower = closer), in both directions.
+    hash: Hamming distance of the packed codes (lower = closer), in both directions; ties
+    pessimistic (`meet_milvus.evaluation.TIE_POLICY`), the policy `meet-milvus eval` applies to
+    its ranked lists, so both print the same hash-only rSum.
     pq: asymmetric distance, the continuous query head against the PQ reconstruction of the
-    other modality's codes (image queries vs coded captions, caption queries vs coded images).
+    other modality's codes (image queries vs coded captions, caption queries vs coded images),
+    in that modality's codebooks: `codebooks` as a checkpoint stores them (3-D shared, 4-D one
+    set per modality, image then text).
     """
-    cb = torch.from_numpy(np.asarray(codebooks, dtype=np.float32))
-    pq = ProductQuantizer(cb.shape[2] * cb.shape[0], cb.shape[0], int(np.log2(cb.shape[1])), cb)
+    pq = Quantizers.from_codebooks(torch.from_numpy(np.asarray(codebooks, dtype=np.float32)))
     dense = images.dense @ texts.dense.T
     hashed = -hamming(images.hash_codes, texts.hash_codes).astype(np.float32)
-    i2t = pq.adc(torch.from_numpy(images.head), torch.from_numpy(texts.pq_codes.astype(np.int64)))
-    t2i = pq.adc(torch.from_numpy(texts.head), torch.from_numpy(images.pq_codes.astype(np.int64)))
+    i2t = pq["text"].adc(
+        torch.from_numpy(images.head), torch.from_numpy(texts.pq_codes.astype(np.int64))
+    )
+    t2i = pq["image"].adc(
+        torch.from_numpy(texts.head), torch.from_numpy(images.pq_codes.astype(np.int64))
+    )
     return {
         "dense": recall_from_similarity(dense, caption_image),
         "hash": recall_from_similarity(hashed, caption_image),

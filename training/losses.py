@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meet_milvus.model.hashing import code_bits
+
 
 class RankingLoss(nn.Module):
     """Bidirectional hinge triplet loss on an item-aligned (B, B) score matrix (positives on the
@@ -57,10 +59,12 @@ class SimilarityPreservationLoss(nn.Module):
 
 
 class QuantizationLoss(nn.Module):
-    """L_q: head outputs close to their product-quantization reconstruction and to their sign.
-    Mean squared error per item, summed over items. Codes and signs are fixed targets."""
+    """L_q: head outputs close to their product-quantization reconstruction and to their code
+    (+-1 by `code_bits`, the rule the stored codes follow). Mean squared error per item, summed
+    over items. Codes and signs are fixed targets."""
 
     def forward(self, head: Tensor, reconstruction: Tensor) -> Tensor:
         to_pq = ((head - reconstruction.detach()) ** 2).mean(1)
-        to_sign = ((head - head.detach().sign()) ** 2).mean(1)
+        code = code_bits(head.detach()).to(head.dtype) * 2 - 1
+        to_sign = ((head - code) ** 2).mean(1)
         return (to_pq + to_sign).sum()

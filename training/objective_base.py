@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from meet_milvus.model.config import ModelConfig
 from meet_milvus.model.network import MeetNet, Outputs
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
 from meet_milvus_loaders.precomp import Split
 from meet_milvus_training.config import TrainConfig
 from meet_milvus_training.data import Batch
@@ -38,7 +38,7 @@ class StepContext:
     epoch: int
     step: int
     net: MeetNet
-    quantizer: ProductQuantizer
+    quantizer: Quantizers
 
 
 @dataclass

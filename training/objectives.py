@@ -76,8 +76,8 @@ class MeetObjective(Objective):
             parts["lf"] = self.lf(img_h, txt_h, dense)
         if c.lq:
             q = ctx.quantizer
-            parts["lq"] = self.lq(img_h, q.reconstruct(q.encode(img_h))) + self.lq(
-                txt_h, q.reconstruct(q.encode(txt_h))
+            parts["lq"] = self.lq(img_h, q.quantize(img_h, "image")) + self.lq(
+                txt_h, q.quantize(txt_h, "text")
             )
         total = parts["rank_dense"] + parts["rank_hash"]
         if "lf" in parts:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm import tqdm
 
 from meet_milvus.model.encoders import BertTextEncoder
+from meet_milvus.progress import progress_bar
 
 
 class TokenStateCache:
@@ -69,7 +69,7 @@ class TokenStateCache:
         per_text: list[Tensor | None] = [None] * len(unique)
         was_training = encoder.training
         encoder.eval()
-        bar = tqdm(total=len(unique), desc="text states", unit="cap", disable=not progress)
+        bar = progress_bar(total=len(unique), desc="text states", unit="cap", enabled=progress)
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             tok = encoder.tokenize([unique[i] for i in idx])

@@ -18,20 +18,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from meet_milvus.config import Settings, resolve_device
 from meet_milvus.errors import CheckpointError, DataSetError, MeetError
+from meet_milvus.evaluation import TIE_POLICY
 from meet_milvus.model.checkpoint import load_checkpoint, load_network, read_config
 from meet_milvus.model.config import ModelConfig
 from meet_milvus.model.encoders import BertTextEncoder
 from meet_milvus.model.meet_model import MeetModel
 from meet_milvus.model.network import TRANSFORMER_PREFIX, MeetNet, build_net
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
 from meet_milvus.model.text_model import resolve_text_model, text_model_sha
 from meet_milvus.model.vocab import Vocabulary
+from meet_milvus.progress import progress_bar
 from meet_milvus_training import data as data_mod
 from meet_milvus_training.checkpoint import (
     load_training_state,
@@ -71,7 +71,7 @@ class _Run:
     """What a training run carries from epoch to epoch."""
 
     net: MeetNet
-    quantizer: ProductQuantizer
+    quantizer: Quantizers
     objective: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
@@ -183,6 +183,7 @@ class Trainer:
             H=c.H,
             M=c.M,
             K=c.K,
+            pq_layout=c.pq_layout,
             embed_dim=c.embed_size,
             feature_dim=data_mod.feature_dim(self.train_split),
             text_encoder=c.text_encoder,
@@ -234,15 +235,16 @@ class Trainer:
             return cache.lookup
         return enc.tokenize
 
-    def _init_from(self, path: Path) -> tuple[MeetNet, ProductQuantizer, ModelConfig]:
+    def _init_from(self, path: Path) -> tuple[MeetNet, Quantizers, ModelConfig]:
         """Another checkpoint's network (encoders, concept branch) with new hash heads and
         codebooks for this run's H, M, K."""
         c = self.config
         net, _, base = load_network(path, self.device)
-        update = {"H": c.H, "M": c.M, "K": c.K, "epoch": 0, "scores": {}, "train": c.model_dump()}
+        update = {"H": c.H, "M": c.M, "K": c.K, "pq_layout": c.pq_layout, "epoch": 0,
+                  "scores": {}, "train": c.model_dump()}  # fmt: skip
         config = base.model_copy(update={**update, "fingerprint": ""})
         net.reset_heads(c.H)
-        quantizer = ProductQuantizer(c.H, c.M, c.K)
+        quantizer = Quantizers(c.H, c.M, c.K, c.pq_layout)
         return net.to(self.device), quantizer.to(self.device), config
 
     # ---- the run --------------------------------------------------------------------------
@@ -267,8 +269,20 @@ class Trainer:
             f"training {c.objective} on {c.data_name}: {self.train_split.n_images} images, "
             f"{self.train_split.n_captions} captions, text {c.text_encoder}, device {self.device}"
         )
+        self.log(f"dev rSum after each epoch, R@1/5/10 both ways ({TIE_POLICY})")
+        if c.patience:
+            self.log(
+                f"stops when dev rSum ({c.select}) has not improved for {c.patience} "
+                f"epoch(s), at most {c.num_epochs}; the best epoch is kept"
+            )
         try:
             for epoch in range(run.start_epoch, c.num_epochs):
+                if c.patience and epoch - run.best_epoch >= c.patience:
+                    self.log(
+                        f"early stop: dev rSum has not improved since epoch {run.best_epoch} "
+                        f"({c.patience} epoch(s) of patience)"
+                    )
+                    break
                 t0 = time.perf_counter()
                 loss, seconds, samples = self._train_epoch(
                     epoch, run.net, run.objective, run.quantizer, run.optimizer, run.scaler,
@@ -329,7 +343,7 @@ class Trainer:
             self.model_config, vocab = self._model_config()
             self.model_config = objective.configure(self.model_config, self.train_split)
             net = build_net(self.model_config, vocab).to(self.device)
-            quantizer = ProductQuantizer(c.H, c.M, c.K).to(self.device)
+            quantizer = Quantizers(c.H, c.M, c.K, c.pq_layout).to(self.device)
         if c.init_from and c.freeze_encoders:
             net.freeze_encoders()
         objective.attach(net, self.train_split, fresh=resume is None and not c.init_from)
@@ -419,8 +433,8 @@ class Trainer:
         sums: dict[str, float] = {}
         steps, samples, seconds = 0, 0, 0.0
         amp = torch.autocast("cuda", dtype=torch.float16) if self.cuda else contextlib.nullcontext()
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{c.num_epochs}", disable=not self.progress, leave=False
+        bar = progress_bar(
+            loader, desc=f"epoch {epoch + 1}/{c.num_epochs}", unit="batch", enabled=self.progress
         )
         base_step = epoch * len(loader)
         t0 = time.perf_counter()
@@ -457,15 +471,14 @@ class Trainer:
         bar.close()
         return {k: v / max(steps, 1) for k, v in sums.items()}, seconds, samples
 
-    def _refresh_codebooks(self, encoder: MeetModel, quantizer: ProductQuantizer, epoch: int):
-        """k-means per sub-space on the training split's head outputs of both modalities; warm
-        started from the previous codebooks after the first fit."""
+    def _refresh_codebooks(self, encoder: MeetModel, quantizer: Quantizers, epoch: int):
+        """k-means per sub-space on the training split's head outputs (both modalities
+        together, or each its own: `pq_layout`); warm started from the previous codebooks after
+        the first fit."""
         split = self.train_split
-        heads = np.concatenate(
-            [encoder.encode_images(split.images).head, encoder.encode_texts(split.captions).head]
-        )
         quantizer.fit(
-            torch.from_numpy(heads),
+            torch.from_numpy(encoder.encode_images(split.images).head),
+            torch.from_numpy(encoder.encode_texts(split.captions).head),
             iters=self.config.kmeans_iters,
             seed=self.config.seed * 1000 + epoch + 1,
             warm_start=epoch >= 0,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from meet_milvus.context import pass_ctx
-from meet_milvus.errors import ParameterError
 
 
 @click.group()
@@ -17,10 +15,6 @@ def data() -> None:
 
 
 COUNT = click.IntRange(min=1)
-
-
-def _progress() -> bool:
-    return sys.stderr.isatty()
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -53,13 +47,21 @@ def _split_row(split) -> dict:
     "--dev", "n_dev", type=COUNT, default=500, show_default=True, help="validation images"
 )
 @click.option("--test", "n_test", type=COUNT, default=1000, show_default=True, help="test images")
-@click.option("--batch-size", default=32, show_default=True, help="feature extraction batch")
+@click.option(
+    "--test-seen", "n_seen", type=COUNT, help="test_seen images: training stamps in new scenes "
+    "[as --test]",
+)  # fmt: skip
+@click.option("--batch-size", default=32, show_default=True, type=COUNT,
+              help="feature extraction batch")  # fmt: skip
 @pass_ctx
-def demo(ctx, seed: int, n_train: int, n_dev: int, n_test: int, batch_size: int) -> None:
+def demo(
+    ctx, seed: int, n_train: int, n_dev: int, n_test: int, n_seen: int | None, batch_size: int
+) -> None:
     """Build the demo set from real Tux Paint stamps (downloaded once, cached).
 
     Written as data set "demo" (splits train/dev/test, five captions per image) in the data
-    dir, with the rendered images beside the features."""
+    dir, with the rendered images beside the features. Dev and test stamps are never seen in
+    training (zero-shot transfer); test_seen shows training stamps in new scenes (COCO-like)."""
     from meet_milvus_loaders.demo import build_demo
 
     s = ctx.settings
@@ -67,10 +69,10 @@ def demo(ctx, seed: int, n_train: int, n_dev: int, n_test: int, batch_size: int)
         s.data_dir,
         s.cache_dir,
         seed=seed,
-        sizes={"train": n_train, "dev": n_dev, "test": n_test},
+        sizes={"train": n_train, "dev": n_dev, "test": n_test, "test_seen": n_seen or n_test},
         device=s.device,
         batch_size=batch_size,
-        progress=_progress(),
+        progress=True,  # a bar on a terminal, else a line every few seconds
         log=lambda msg: click.echo(msg, err=True),
     )
     click.echo(
@@ -101,9 +103,21 @@ def folds(ctx, name: str, source: str, n_folds: int) -> None:
     click.echo(_table([_split_row(f) for f in written], ["split", "images", "captions"]))
 
 
+def _ratios(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        ratios = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise click.BadParameter(f"{value!r}: three shares for train,dev,test, e.g. 0.8,0.1,0.1")
+    return ratios
+
+
 @data.command(name="import")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--name", help="data set name (default: from the file)")
+@click.option("--name", help="data set name [the file's name without its extension]")
 @click.option(
     "--images",
     "image_root",
@@ -114,15 +128,31 @@ def folds(ctx, name: str, source: str, n_folds: int) -> None:
     "--split",
     "splits",
     multiple=True,
-    help="split(s) to write; Karpathy default: train dev test, manifest: train",
+    help="split(s) to write [Karpathy: train dev test; manifest: all of its splits]",
+)
+@click.option(
+    "--split-ratios",
+    "ratios",
+    callback=_ratios,
+    help="manifest without a split column: train,dev,test shares of its images "
+    "[0.8,0.1,0.1]; a 0 skips a split",
+)
+@click.option("--seed", default=0, show_default=True, help="manifest: seed of the split by ratios")
+@click.option(
+    "--allow-outside-images",
+    "allow_outside",
+    is_flag=True,
+    help="accept image paths in SOURCE that lead outside the image folder (absolute or ../)",
 )
 @click.option(
     "--max-captions",
     default=5,
     show_default=True,
+    type=click.IntRange(min=0),
     help="Karpathy: captions kept per image (0 = all)",
 )
-@click.option("--batch-size", default=32, show_default=True, help="feature extraction batch")
+@click.option("--batch-size", default=32, show_default=True, type=COUNT,
+              help="feature extraction batch")  # fmt: skip
 @pass_ctx
 def import_(
     ctx,
@@ -130,39 +160,74 @@ def import_(
     name: str | None,
     image_root: Path | None,
     splits: tuple,
+    ratios: tuple[float, ...] | None,
+    seed: int,
+    allow_outside: bool,
     max_captions: int,
     batch_size: int,
 ) -> None:
     """Import images with captions as precomp features (EfficientNet-Lite0 grid, 49x1280).
 
     SOURCE is a Karpathy split file (dataset_coco.json, dataset_flickr30k.json: any .json) or a
-    JSONL/CSV manifest; the splits are written into the data dir."""
+    JSONL/CSV manifest; the splits are written into the data dir. A manifest's `split` field or
+    column decides where each image goes; without one, its images are cut into train/dev/test
+    by --split-ratios (from --seed; an image's captions stay together)."""
+    from meet_milvus.errors import MeetError
+    from meet_milvus.inputs import check_name
     from meet_milvus.model.features import GridFeatureExtractor
-    from meet_milvus_loaders.precomp import write_split
-    from meet_milvus_loaders.raw import read_karpathy, read_manifest, to_split
+    from meet_milvus_loaders.precomp import available_splits, write_split
+    from meet_milvus_loaders.raw import read_karpathy, read_manifest_splits, to_split
 
     s = ctx.settings
+    if name is not None:
+        check_name(name, "data set")  # before reading anything
+    splits = tuple(dict.fromkeys(splits))  # a split named twice is written once
     karpathy = source.suffix.lower() == ".json"
     if karpathy:
         if image_root is None:
-            raise ParameterError(
-                f"{source}: a Karpathy split file needs --images (the image folder)"
-            )
+            raise MeetError(f"{source}: a Karpathy split file needs --images (the image folder)")
+        if ratios is not None:
+            raise MeetError(f"{source}: a Karpathy split file has its splits; no --split-ratios")
         raws = [
-            read_karpathy(source, image_root, sp, name=name, max_captions=max_captions or None)
+            read_karpathy(
+                source,
+                image_root,
+                sp,
+                name=name,
+                max_captions=max_captions or None,
+                allow_outside=allow_outside,
+            )
             for sp in (splits or ("train", "dev", "test"))
         ]
     else:
-        raws = [
-            read_manifest(source, split=sp, name=name, image_root=image_root)
-            for sp in (splits or ("train",))
-        ]
+        raws = read_manifest_splits(
+            source, name=name, image_root=image_root, ratios=ratios, seed=seed,
+            allow_outside=allow_outside,
+        )  # fmt: skip
+        found = [r.split for r in raws]
+        missing = [sp for sp in splits if sp not in found]
+        if missing:
+            raise MeetError(
+                f"{source}: no split '{missing[0]}' (it has {', '.join(found)}); "
+                "a manifest's splits come from its split column or --split-ratios"
+            )
+        raws = [r for r in raws if not splits or r.split in splits]
+    if name is None:
+        click.echo(
+            f"data set name '{raws[0].name}' (from {source.name}; --name sets another)", err=True
+        )
     extractor = GridFeatureExtractor(device=s.device, cache_dir=s.cache_dir)
     rows = []
     for raw in raws:
         click.echo(f"{raw.name}/{raw.split}: {raw.n_images} images", err=True)
-        split = to_split(raw, extractor, batch_size=batch_size, progress=_progress())
+        split = to_split(raw, extractor, batch_size=batch_size, progress=True)
         root = write_split(s.data_dir, split)
         rows.append(_split_row(split))
     click.echo(f"data set '{raws[0].name}' in {root}")
     click.echo(_table(rows, ["split", "images", "captions"]))
+    if "dev" not in available_splits(s.data_dir, raws[0].name):
+        click.echo(
+            f"note: data set '{raws[0].name}' has no dev split; meet-train needs one (it keeps "
+            "the epoch that scores best on dev)",
+            err=True,
+        )

@@ -20,7 +20,8 @@ from meet_milvus.evaluation import format_table
 @click.option("--split", default="test", show_default=True, help="split loaded as the gallery")
 @click.option("--drop", is_flag=True, help="drop the gallery's collections and rebuild them")
 @click.option("--neighbours", default=32, show_default=True, help="k of the re-ranking statistics")
-@click.option("--batch-size", default=128, show_default=True, help="encoding batch size")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
+              help="encoding batch size")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def load(collection, checkpoint, data, split, drop, neighbours, batch_size, quiet) -> None:
     """Encode a data split and load its codes, embeddings and sources into Milvus."""
@@ -35,7 +36,10 @@ def load(collection, checkpoint, data, split, drop, neighbours, batch_size, quie
 
 
 def _searcher(collection: str, checkpoint: Path | None, **overrides):
+    from meet_milvus.gallery_layout import check_name
     from meet_milvus.searcher import MeetSearcher
+
+    check_name(collection)  # before connecting and loading the model
 
     return MeetSearcher(collection, checkpoint=checkpoint, settings=_settings(), **overrides)
 
@@ -46,6 +50,11 @@ TIER = click.option(
     "--tier", type=click.Choice(["local", "server"]),
     help="read the gallery from its local tier (codes in RAM, vectors on disk) or from the "
     "Milvus collections [local]",
+)  # fmt: skip
+RERANK = click.option(
+    "--rerank", type=click.Choice(["weighted", "reference"]),
+    help="re-ranking: similarity + weighted consistency/complementarity over the top z, or "
+    "MEET's reference rule (the top 15 / 12 by reverse rank alone) [weighted]",
 )  # fmt: skip
 FILTER = click.option(
     "--filter", "first_filter", type=click.Choice(["auto", "meet", "ann"]),
@@ -66,6 +75,7 @@ def _given(**options: object) -> dict:
 @click.option("-k", "k", default=10, show_default=True, help="results")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
 @click.option("--no-rerank", is_flag=True, help="skip consistency/complementarity re-ranking")
+@RERANK
 @click.option("--diagnostics", is_flag=True, help="show each result's rank after every stage")
 @click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
 @TIER
@@ -76,25 +86,34 @@ def _given(**options: object) -> dict:
     help="also draw the results into this picture (.png/.jpg): a contact sheet",
 )
 def search(
-    text, image, collection, k, checkpoint, no_rerank, diagnostics, hash_mode, tier,
+    text, image, collection, k, checkpoint, no_rerank, rerank, diagnostics, hash_mode, tier,
     first_filter, sheet,
 ) -> None:  # fmt: skip
     """Images for TEXT, or captions for --image, as a table (rank, score, source; for captions
     also the image each describes and the caption's external id)."""
+    from meet_milvus.inputs import check_text
+    from meet_milvus.model.features import load_image
     from meet_milvus.searcher import check_k
 
     if (text is None) == (image is None):
         raise ParameterError("search: give a TEXT or --image PATH (one of them)")
     check_k(k)
-    if text is not None and not text.strip():
-        raise ParameterError("query 0: the text is empty")  # before the slow model load
+    # Checked before the slow model load, as the searcher checks them.
+    if text is not None:
+        check_text(text, "query 0")
+    if image is not None:
+        load_image(image)  # not found, not an image, too many pixels
+    if no_rerank and rerank:
+        raise ParameterError(f"search: --no-rerank and --rerank {rerank} contradict each other")
     if sheet is not None:
         from meet_milvus.sheet import check_path
 
         check_path(sheet)  # a bad path is refused before the search, not after it
-    overrides = {"rerank": False} if no_rerank else {}
-    given = _given(hash_mode=hash_mode, tier=tier, filter=first_filter)
-    searcher = _searcher(collection, checkpoint, **overrides, **given)
+    given = _given(rerank=False if no_rerank else rerank, hash_mode=hash_mode, tier=tier,
+                   filter=first_filter)  # fmt: skip
+    searcher = _searcher(collection, checkpoint, **given)
+    if text is not None:
+        searcher.model.load_text_model()  # the query's time, not the text model's load
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -129,12 +148,20 @@ def search(
     "--method",
     "methods",
     multiple=True,
-    type=click.Choice(["dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking"]),
+    type=click.Choice(
+        ["dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking",
+         "cascade + reference re-ranking"]
+    ),  # fmt: skip
     help="methods to run [all]",
 )
+@RERANK
 @click.option("--pq-mode", type=click.Choice(["adc", "milvus"]), help="quantized stage [adc]")
 @click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
 @click.option("--tune", is_flag=True, help="grid-search alpha, beta, z (on a dev gallery)")
+@click.option(
+    "--tune-pq", is_flag=True,
+    help="each direction's R@1+5+10 against the PQ stage's keep (on a dev gallery)",
+)  # fmt: skip
 @click.option(
     "--pq-agreement",
     is_flag=True,
@@ -142,17 +169,28 @@ def search(
 )
 @TIER
 @FILTER
-@click.option("--batch-size", default=256, show_default=True, help="queries per request")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="queries per request")  # fmt: skip
+@click.option(
+    "--plot", type=click.Path(path_type=Path),
+    help="also draw R@K per method and R@10 against ms/query into this .png",
+)  # fmt: skip
 def evaluate(
-    collection, checkpoint, methods, pq_mode, hash_mode, tune, pq_agreement, tier, first_filter,
-    batch_size,
+    collection, checkpoint, methods, rerank, pq_mode, hash_mode, tune, tune_pq, pq_agreement,
+    tier, first_filter, batch_size, plot,
 ) -> None:  # fmt: skip
-    """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep."""
+    """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep.
+    Both re-ranking modes are reported unless --rerank names one."""
     from meet_milvus import milvus_eval
+    from meet_milvus.evaluation import TIE_POLICY
     from meet_milvus_loaders.milvus_loader import encode_split
     from meet_milvus_loaders.precomp import load_split
 
     settings = _settings()
+    if plot is not None:
+        from meet_milvus.charts import check_plot_path
+
+        check_plot_path(plot)  # refused before the evaluation, not after it
     given = _given(pq_mode=pq_mode, hash_mode=hash_mode, tier=tier, filter=first_filter)
     searcher = _searcher(collection, checkpoint, **given)
     meta = searcher.gallery.meta["image"]
@@ -176,9 +214,24 @@ def evaluate(
         for r in milvus_eval.pq_agreement(searcher, queries, batch=batch_size):
             click.echo(f"| {r.mode} | {r.direction} | {r.agreement:.1f} | {r.ms_per_query:.2f} |")
         return
+    if (tune or tune_pq) and split_name.startswith("test"):
+        click.echo("warning: tuning on a test split; tune on dev and report test", err=True)
+    if tune_pq:
+        results = milvus_eval.tune_pq_keep(searcher, split, queries, batch=batch_size)
+        got = {(r.keep, r.direction, r.method): r for r in results}
+        click.echo("R@1+R@5+R@10 per direction; survivors: mean PQ survivors a query")
+        click.echo("| PQ keep | i2t cascade | i2t + re-ranking | survivors (i2t) | t2i cascade | "
+                   "t2i + re-ranking | survivors (t2i) |")  # fmt: skip
+        click.echo("|---:|---:|---:|---:|---:|---:|---:|")
+        for keep in dict.fromkeys(r.keep for r in results):
+            cells = []
+            for direction in milvus_eval.DIRECTIONS:
+                plain, ranked = (got[keep, direction, m] for m in milvus_eval.PQ_KEEP_METHODS)
+                cells += [f"{plain.recall_sum:.1f}", f"{ranked.recall_sum:.1f}",
+                          f"{plain.candidates:.0f}"]  # fmt: skip
+            click.echo(f"| {keep:g} | " + " | ".join(cells) + " |")
+        return
     if tune:
-        if split_name.startswith("test"):
-            click.echo("warning: tuning on a test split; tune on dev and report test", err=True)
         results = milvus_eval.tune_rerank(searcher, split, queries, batch=batch_size)
         baseline = next(r for r in results if r.alpha == 0 and r.beta == 0)
         click.echo(f"re-ranking off: rSum {baseline.rsum:.1f}")
@@ -187,8 +240,24 @@ def evaluate(
             click.echo(f"| {r.alpha:g} | {r.beta:g} | {r.z} | {r.rsum:.1f} |")
         return
     names = list(methods) or list(milvus_eval.METHODS)
+    if rerank:  # re-ranking rows in the named mode only
+        modes = milvus_eval.RERANK_METHODS
+        names = list(dict.fromkeys(modes[rerank] if n in modes.values() else n for n in names))
     results = [milvus_eval.run_method(searcher, name, split, queries, batch_size) for name in names]
     click.echo(format_table({r.name: r.recall for r in results}))
+    click.echo(f"({TIE_POLICY})")
+    if plot is not None:
+        from meet_milvus.charts import total_ms, write_recall_chart
+
+        write_recall_chart(
+            plot,
+            {r.name: r.recall for r in results},
+            {r.name: total_ms(r.stages) for r in results},
+            title=f"{meta.source}: {split.n_images} images, {split.n_captions} captions "
+            f"(gallery '{collection}')",
+            note=TIE_POLICY,
+        )
+        click.echo(f"(plot: {plot})", err=True)
     click.echo("")
     click.echo(format_stages_header(searcher, batch_size))
     click.echo(milvus_eval.format_stages(results))
@@ -200,7 +269,8 @@ def format_stages_header(searcher, batch_size: int) -> str:
         f"stages (batches of {batch_size} queries; hash ({c.hash_mode}) keeps "
         f"{c.hash_keep_images} of images / "
         f"{c.hash_keep_texts} of texts, PQ ({c.pq_mode}) keeps {c.pq_keep_images} / "
-        f"{c.pq_keep_texts} of those; re-ranking alpha={c.alpha} beta={c.beta} z={c.z}):"
+        f"{c.pq_keep_texts} of those; re-ranking weighted alpha={c.alpha} beta={c.beta} "
+        f"z={c.z}, reference K1 {c.reference_k_texts} (i2t) / {c.reference_k_images} (t2i)):"
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import click
 
 from meet_milvus.commands.retrieval import HASH_MODE, HASH_MODE_HELP, _given, _searcher
+from meet_milvus.errors import MeetError
 
 
 @click.command("serve")
@@ -23,6 +25,8 @@ def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_m
     """Serve searches of a gallery: a web page at / and a JSON API (/docs describes it)."""
     from meet_milvus.web.run import bind, is_loopback, serve, url_of
 
+    if not math.isfinite(max_upload_mb):  # click's FloatRange lets NaN and inf through
+        raise MeetError(f"--max-upload-mb: must be a number of megabytes, not {max_upload_mb}")
     # The port first: a port in use is found before the model load, not after it.
     sock = bind(host, port)
     try:

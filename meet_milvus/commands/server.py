@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -11,6 +10,7 @@ import click
 from meet_milvus.config import redact_uri
 from meet_milvus.context import Context, pass_ctx
 from meet_milvus.errors import MeetError, ParameterError
+from meet_milvus.inputs import check_seconds
 from meet_milvus.server import (
     CONNECT_TIMEOUT,
     START_TIMEOUT,
@@ -106,9 +106,7 @@ def _embedded(ctx: Context, action: str) -> EmbeddedServer:
 
 def _seconds(timeout: float) -> float:
     # Checked before anything starts: a start that cannot wait would stop what it launched.
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ParameterError(f"--timeout: must be a positive number of seconds, not {timeout}")
-    return timeout
+    return check_seconds(timeout, "--timeout")
 
 
 def _describe(found: ServerStatus) -> str:

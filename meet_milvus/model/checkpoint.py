@@ -5,7 +5,8 @@ config.json          ModelConfig: dims, encoders, codes, the network's shape, fi
                      training run's hyper-parameters (format 2; format 1 is read too)
 model.safetensors    network weights (a frozen transformer is not copied: its path and hash
                      are in the config)
-codebooks.safetensors  "codebooks" (M, 2**K, H // M) float32
+codebooks.safetensors  "codebooks" (M, 2**K, H // M) float32, or (2, M, 2**K, H // M) with
+                     config `pq_layout` "per_modality" (image set, text set)
 vocab.json           BiGRU word list (bigru only)
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,7 +29,7 @@ from meet_milvus.errors import CheckpointError
 from meet_milvus.model.config import READABLE_VERSIONS, ModelConfig
 from meet_milvus.model.meet_model import MeetModel
 from meet_milvus.model.network import TRANSFORMER_PREFIX, MeetNet, build_net
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
 from meet_milvus.model.text_model import default_text_model, resolve_text_model, text_model_sha
 from meet_milvus.model.vocab import Vocabulary
 
@@ -48,6 +51,10 @@ def fingerprint(weights: dict[str, Tensor], codebooks: Tensor, text_model_sha: s
 
 
 def read_config(path: str | Path) -> ModelConfig:
+    if not isinstance(path, str | os.PathLike):
+        raise CheckpointError(
+            f"checkpoint: expected a directory path, got {type(path).__name__}"
+        )
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: no such directory")
@@ -58,7 +65,7 @@ def read_config(path: str | Path) -> ModelConfig:
         raise CheckpointError(f"checkpoint {path}: {CONFIG} missing (not a MEET checkpoint)")
     try:
         raw = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON
         raise CheckpointError(f"checkpoint {file}: unreadable ({e})") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version not in READABLE_VERSIONS:
@@ -101,10 +108,10 @@ def _text_model_for(config: ModelConfig, path: Path) -> str | None:
 
 def load_network(
     path: str | Path, device: str = "cpu"
-) -> tuple[MeetNet, ProductQuantizer, ModelConfig]:
+) -> tuple[MeetNet, Quantizers, ModelConfig]:
     """The network, quantizer and config of a checkpoint directory, on `device`."""
+    config = read_config(path)  # first: it refuses what is not a path
     path = Path(path)
-    config = read_config(path)
     weights = load_tensors(path / WEIGHTS)
     codebooks = load_tensors(path / CODEBOOKS).get("codebooks")
     if codebooks is None:
@@ -125,7 +132,19 @@ def load_network(
     if text_model:
         config = config.model_copy(update={"text_model": text_model})
     net = build_net(config, vocab)
-    missing, unexpected = net.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: config.json edited, or another run's
+        found = re.search(r"size mismatch for ([^:]+): .*?(torch\.Size\(\[[^]]*\]\)).*?"
+                          r"(torch\.Size\(\[[^]]*\]\))", str(e), re.S)  # fmt: skip
+        detail = (
+            f"'{found[1]}' is {found[2]} in the weights, {found[3]} in the config"
+            if found
+            else " ".join(str(e).split())[:200]
+        )
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not fit its config.json ({detail})"
+        ) from None
     frozen = config.text_encoder == "bert" and not config.text_finetune
     missing = [k for k in missing if not (frozen and k.startswith(TRANSFORMER_PREFIX))]
     if missing or unexpected:
@@ -134,7 +153,8 @@ def load_network(
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     try:
-        quantizer = ProductQuantizer(config.H, config.M, config.K, codebooks)
+        # A checkpoint from before `pq_layout` has none in its config: shared.
+        quantizer = Quantizers(config.H, config.M, config.K, config.pq_layout, codebooks)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     return net.to(device), quantizer.to(device), config

@@ -58,6 +58,8 @@ class ModelConfig(BaseModel):
     H: int
     M: int
     K: int
+    # PQ codebooks shared by both modalities, or one set each (absent in older checkpoints).
+    pq_layout: Literal["shared", "per_modality"] = "shared"
     embed_dim: int
     feature_dim: int
     text_encoder: Literal["bigru", "bert"]

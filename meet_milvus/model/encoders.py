@@ -8,6 +8,8 @@ one interface: `tokenize(texts) -> dict of tensors` and `forward(**that dict) ->
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from meet_milvus.errors import ParameterError
 from meet_milvus.model.vocab import Vocabulary
 
 
@@ -159,18 +162,49 @@ def load_transformer(path: str | Path) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
+class LazyTransformer:
+    """A frozen BERT-family model and its tokenizer, read from `path` on first use. Importing
+    transformers and reading the model take seconds; a run whose captions come from cached
+    token states or encodings, or that encodes only images, never needs them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            config = json.loads((self.path / "config.json").read_text())
+            self.hidden_size = int(config["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ParameterError(
+                f"text model {self.path}: no hidden_size in its config.json ({e})"
+            ) from None
+        self._loaded: tuple[nn.Module, object] | None = None
+        self._lock = threading.Lock()  # a service's first concurrent queries load it once
+
+    def get(self) -> tuple[nn.Module, object]:
+        with self._lock:
+            if self._loaded is None:
+                model, tokenizer = load_transformer(self.path)
+                model.requires_grad_(False)
+                self._loaded = (model.eval(), tokenizer)
+            return self._loaded
+
+    def __deepcopy__(self, memo: dict) -> LazyTransformer:
+        return self  # frozen: copies of an encoder (a momentum encoder) share it
+
+
 class BertTextEncoder(nn.Module):
     """A BERT-family transformer's token states -> attention pooling -> projection.
 
     Frozen (`finetune=False`): the transformer runs without gradients in eval mode and its token
     states are rounded through float16, exactly as the training cache stores them, so cached and
-    live encodings agree. `forward` takes either token ids or such precomputed states.
+    live encodings agree. `forward` takes either token ids or such precomputed states. A frozen
+    transformer may come as a `LazyTransformer` (tokenizer None): it is then no submodule (its
+    weights are never in a checkpoint) and is read on first use, on this encoder's device.
     """
 
     def __init__(
         self,
-        transformer: nn.Module,
-        tokenizer: object,
+        transformer: nn.Module | LazyTransformer,
+        tokenizer: object | None,
         embed_dim: int,
         attn_dim: int,
         heads: int,
@@ -181,20 +215,40 @@ class BertTextEncoder(nn.Module):
         finetune: bool,
     ) -> None:
         super().__init__()
-        self.transformer = transformer
-        self.tokenizer = tokenizer
         self.max_len = max_len
         self.finetune = finetune
-        hidden = transformer.config.hidden_size
+        self._lazy = transformer if isinstance(transformer, LazyTransformer) else None
+        if self._lazy is not None:
+            if finetune:
+                raise ValueError("a fine-tuned transformer cannot be loaded lazily")
+            hidden = self._lazy.hidden_size
+        else:
+            self.transformer = transformer
+            self._tokenizer = tokenizer
+            hidden = transformer.config.hidden_size
         self.pool = AttentionPool(hidden, attn_dim, heads, dropout)
         self.proj = Projection(hidden * heads, embed_dim, feature_dropout, mlp)
-        if not finetune:
+        if not finetune and self._lazy is None:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
 
+    @property
+    def transformer(self) -> nn.Module:
+        if "transformer" in self._modules:
+            return self._modules["transformer"]
+        model, _ = self._lazy.get()
+        device = self.proj.fc.weight.device
+        if next(model.parameters()).device != device:  # the encoder moved since
+            model.to(device)
+        return model
+
+    @property
+    def tokenizer(self) -> object:
+        return self._tokenizer if self._lazy is None else self._lazy.get()[1]
+
     def train(self, mode: bool = True) -> BertTextEncoder:
         super().train(mode)
-        if not self.finetune:
+        if not self.finetune and self._lazy is None:
             self.transformer.eval()
         return self
 

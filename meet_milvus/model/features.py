@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from meet_milvus.config import resolve_device
 from meet_milvus.errors import DataSetError
+from meet_milvus.inputs import check_count
+from meet_milvus.progress import progress_bar
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -29,15 +32,24 @@ CACHE_TAG = f"{MODEL_NAME}-{IMAGE_SIZE}-v1"
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB image; transparent parts are laid on white. DataSetError when it cannot be read."""
+    """An RGB image; transparent parts are laid on white. DataSetError when it cannot be read, or
+    when it has more pixels than PIL's decompression-bomb limit (PIL only warns up to twice it;
+    a photo has far fewer)."""
     try:
-        with Image.open(path) as im:
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
     except FileNotFoundError:
         raise DataSetError(f"{path}: image file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataSetError(
+            f"{path}: too many pixels (more than {Image.MAX_IMAGE_PIXELS:,}): refused as a "
+            "possible decompression bomb"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataSetError(f"{path}: unreadable image ({e})") from None
-    return to_rgb(im)
+        raise DataSetError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -101,6 +113,7 @@ class GridFeatureExtractor:
         dtype: type = np.float32,
     ) -> np.ndarray:
         """Features of the image files `paths`, (N, 49, 1280) in `dtype` (default float32)."""
+        check_count(batch_size, "batch_size")
         out = np.empty((len(paths), GRID * GRID, FEATURE_DIM), dtype=dtype)
         # Content hash -> rows still to compute: the same image twice is computed once (batch
         # composition changes the last bits of a CPU forward pass).
@@ -128,6 +141,7 @@ class GridFeatureExtractor:
 
     def extract_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Features of in-memory PIL images (not cached), (N, 49, 1280) float32."""
+        check_count(batch_size, "batch_size")
         parts = [
             self._forward([to_rgb(im) for im in images[s : s + batch_size]]).astype(np.float32)
             for s in range(0, len(images), batch_size)
@@ -180,13 +194,7 @@ def _file_hash(path: str | Path) -> str:
 
 
 def _progress(total: int, done: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=done,
-        desc="image features",
-        unit="img",
-        disable=not enabled or total == done,
-        leave=False,
-    )
+    return progress_bar(
+        total=total, initial=done, desc="image features", unit="img",
+        enabled=enabled and total != done,
+    )  # fmt: skip

@@ -27,9 +27,21 @@ class HashHead(nn.Module):
         return self.fc(x).tanh()
 
 
+def code_bits(head: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """The sign rule, the one place it is written: a code bit is set where the head output is
+    >= 0 (numpy or torch, same shape, bool).
+
+    `>= 0`, as MEET's reference (HammingD: `2 * (A >= 0) - 1`), so that every output, 0
+    included, is a code value +-1: `x > 0` would make 0 a -1 bit while torch's `sign()` makes it
+    a 0 target, so training and codes would disagree there. Exact zeros are rare (a zero
+    pre-activation), so codes made before this rule was pinned match it in practice.
+    """
+    return head >= 0
+
+
 def pack_codes(head: np.ndarray) -> np.ndarray:
-    """(N, H) head outputs -> (N, H // 8) uint8: bit set where the output is > 0 (big order)."""
-    return np.packbits(np.asarray(head) > 0, axis=1)
+    """(N, H) head outputs -> (N, H // 8) uint8 of their `code_bits` (big bit order)."""
+    return np.packbits(code_bits(np.asarray(head)), axis=1)
 
 
 def hamming(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:

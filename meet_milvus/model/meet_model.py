@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.inputs import check_count
 from meet_milvus.model.config import ModelConfig
 from meet_milvus.model.features import GridFeatureExtractor
 from meet_milvus.model.hashing import pack_codes
 from meet_milvus.model.network import MeetNet
-from meet_milvus.model.quantization import ProductQuantizer
+from meet_milvus.model.quantization import Quantizers
+from meet_milvus.progress import progress_bar
 
 # Captions -> encoder inputs (token ids, or the trainer's cached token states).
 TextBatcher = Callable[[list[str]], dict[str, Tensor]]
@@ -29,7 +30,7 @@ class Encoded:
 
     dense: np.ndarray  # (N, embed_dim) float32, l2-normalised: cosine = dot
     head: np.ndarray  # (N, H) float32 hash-head outputs in (-1, 1)
-    hash_codes: np.ndarray  # (N, H // 8) uint8, np.packbits(head > 0, axis=1)
+    hash_codes: np.ndarray  # (N, H // 8) uint8, meet_milvus.model.hashing.pack_codes(head)
     pq_codes: np.ndarray  # (N, M) uint8: nearest codeword per sub-space of `head`
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class MeetModel:
     def __init__(
         self,
         net: MeetNet,
-        quantizer: ProductQuantizer,
+        quantizer: Quantizers,
         config: ModelConfig,
         device: str,
         text_batcher: TextBatcher | None = None,
@@ -69,13 +70,26 @@ class MeetModel:
 
     @property
     def codebooks(self) -> np.ndarray:
-        """(M, 2**K, H // M) float32, one set shared by both modalities."""
+        """The stored codebooks, float32: (M, 2**K, H // M) shared by both modalities, or
+        (2, M, 2**K, H // M), the image set then the text set (`config.pq_layout`)."""
         return self.quantizer.codebooks.detach().cpu().numpy().astype(np.float32)
+
+    def codebooks_for(self, modality: str) -> np.ndarray:
+        """(M, 2**K, H // M) float32: the set `modality`'s items are coded with, which a
+        query searching them is scored against."""
+        return self.quantizer[modality].codebooks.detach().cpu().numpy().astype(np.float32)
 
     @property
     def max_text_len(self) -> int:
         """Tokens a caption keeps; longer captions are truncated."""
         return self.config.max_text_len
+
+    def load_text_model(self) -> None:
+        """Reads a frozen transformer now rather than at the first caption it encodes (it loads
+        lazily: image queries and cached encodings never need it)."""
+        lazy = getattr(self.net.text_encoder, "_lazy", None)
+        if lazy is not None:
+            lazy.get()
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per caption before truncation (compare with `max_text_len`)."""
@@ -97,7 +111,7 @@ class MeetModel:
             len(texts),
             batch_size,
             progress,
-            "texts",
+            "text",
             lambda s, e: self.net.encode_text(
                 {k: v.to(self.device) for k, v in self._text_batcher(texts[s:e]).items()}
             ),
@@ -118,12 +132,18 @@ class MeetModel:
             )
         if not np.issubdtype(features.dtype, np.floating):
             raise ParameterError(f"image features of dtype {features.dtype}: expected floats")
+        if features.ndim == 3 and features.shape[1] == 0:
+            raise ParameterError(f"image features of shape {features.shape}: no regions")
 
         def run(s: int, e: int):
             x = torch.from_numpy(np.ascontiguousarray(features[s:e], dtype=np.float32))
-            return self.net.encode_image(x.to(self.device))
+            _check_finite(x, s, "features")
+            out = self.net.encode_image(x.to(self.device))
+            for encoded in out:  # finite features can still overflow (1e38)
+                _check_finite(encoded, s, "features give embeddings that")
+            return out
 
-        return self._encode(len(features), batch_size, progress, "images", run)
+        return self._encode(len(features), batch_size, progress, "image", run)
 
     def encode_image_files(
         self, paths: list, batch_size: int = 32, progress: bool = False
@@ -136,29 +156,31 @@ class MeetModel:
         features = extractor.extract(paths, batch_size=batch_size, progress=progress)
         return self.encode_images(features, batch_size=128, progress=progress)
 
-    def pq_reconstruct(self, pq_codes: np.ndarray) -> np.ndarray:
-        """(N, M) codes -> (N, H) float32 codeword concatenations."""
+    def pq_reconstruct(self, pq_codes: np.ndarray, modality: str) -> np.ndarray:
+        """(N, M) codes of `modality`'s items -> (N, H) float32 codeword concatenations."""
         codes = np.asarray(pq_codes)
         if codes.ndim != 2 or codes.shape[1] != self.config.M:
             raise ParameterError(f"PQ codes of shape {codes.shape}: expected (N, {self.config.M})")
         if codes.size and (codes.min() < 0 or codes.max() >= 2**self.config.K):
             raise ParameterError(f"PQ codes out of range 0..{2**self.config.K - 1}")
-        out = self.quantizer.reconstruct(torch.from_numpy(codes.astype(np.int64)))
+        out = self.quantizer[modality].reconstruct(torch.from_numpy(codes.astype(np.int64)))
         return out.cpu().numpy().astype(np.float32)
 
-    def _encode(self, n: int, batch_size: int, progress: bool, unit: str, run) -> Encoded:
-        if batch_size < 1:
-            raise ParameterError(f"batch_size={batch_size}: must be at least 1")
+    def _encode(self, n: int, batch_size: int, progress: bool, modality: str, run) -> Encoded:
+        check_count(batch_size, "batch_size")
         dense, head = [], []
         with self._inference():
-            for s in tqdm(range(0, n, batch_size), desc=f"encode {unit}", disable=not progress):
+            steps = range(0, n, batch_size)
+            desc = f"encode {modality}s"
+            for s in progress_bar(steps, desc=desc, unit="batch", enabled=progress):
                 d, h = run(s, min(n, s + batch_size))
                 dense.append(d.float().cpu())
                 head.append(h.float().cpu())
         c = self.config
         d = torch.cat(dense).numpy() if dense else np.zeros((0, c.embed_dim), np.float32)
         h = torch.cat(head).numpy() if head else np.zeros((0, c.H), np.float32)
-        codes = self.quantizer.encode(torch.from_numpy(h)).cpu().numpy().astype(np.uint8)
+        pq = self.quantizer[modality]
+        codes = pq.encode(torch.from_numpy(h)).cpu().numpy().astype(np.uint8)
         return Encoded(dense=d, head=h, hash_codes=pack_codes(h), pq_codes=codes)
 
     @contextlib.contextmanager
@@ -174,3 +196,11 @@ class MeetModel:
         finally:
             if was_training:
                 self.net.train(True)
+
+
+def _check_finite(x: torch.Tensor, first: int, what: str) -> None:
+    """ParameterError naming the first image (counted from `first`) with a NaN or infinite value."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bad.any():
+        i = first + int(bad.nonzero()[0, 0])
+        raise ParameterError(f"image {i}: {what} are not finite (NaN or infinity)")

@@ -11,6 +11,7 @@ from meet_milvus.model.encoders import (
     BertTextEncoder,
     BiGRUTextEncoder,
     ImageEncoder,
+    LazyTransformer,
     load_transformer,
 )
 from meet_milvus.model.fusion import ConceptFusion
@@ -116,7 +117,11 @@ def build_net(config: ModelConfig, vocab: Vocabulary | None = None) -> MeetNet:
             raise ValueError("the BiGRU text encoder needs a vocabulary")
         text: nn.Module = BiGRUTextEncoder(vocab, c.word_dim, embed, *pool, config.max_text_len)
     else:
-        transformer, tokenizer = load_transformer(config.text_model)
+        # Frozen: read on first use (cached token states and image queries never need it).
+        if config.text_finetune:
+            transformer, tokenizer = load_transformer(config.text_model)
+        else:
+            transformer, tokenizer = LazyTransformer(config.text_model), None
         text = BertTextEncoder(
             transformer,
             tokenizer,

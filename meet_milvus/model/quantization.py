@@ -10,6 +10,8 @@ do the same for the runtime's stages and the benchmarks, on codebooks (M, 2**K, 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -86,7 +88,7 @@ def _nearest(x: Tensor, centroids: Tensor) -> Tensor:
 
 
 class ProductQuantizer:
-    """One codebook set (M, 2**K, H // M), shared by images and texts."""
+    """One codebook set (M, 2**K, H // M); `Quantizers` says which modalities use it."""
 
     def __init__(self, dim: int, M: int, K: int, codebooks: Tensor | None = None) -> None:
         if dim % M:
@@ -156,3 +158,75 @@ class ProductQuantizer:
         for m in range(self.M):
             scores += tables[:, m][:, codes[:, m]]
         return scores
+
+
+PQLayout = Literal["shared", "per_modality"]
+MODALITIES = ("image", "text")
+
+
+class Quantizers:
+    """A model's PQ codebooks by modality: one set shared by images and texts (`shared`), or
+    one set each (`per_modality`, as MEET's reference learns C_img and C_txt). An item's codes
+    and any query scored against them use the item's modality's set.
+
+    `codebooks` is what a checkpoint stores: (M, 2**K, d) shared, or (2, M, 2**K, d), the
+    image set then the text set.
+    """
+
+    def __init__(
+        self, dim: int, M: int, K: int, layout: PQLayout = "shared", codebooks: Tensor | None = None
+    ) -> None:
+        if layout not in ("shared", "per_modality"):
+            raise ValueError(f"PQ layout '{layout}': use 'shared' or 'per_modality'")
+        self.layout = layout
+        if layout == "shared":
+            pq = ProductQuantizer(dim, M, K, codebooks)
+            self.by_modality = {"image": pq, "text": pq}
+            return
+        shape = (2, M, 2**K, dim // M)
+        if codebooks is not None and tuple(codebooks.shape) != shape:
+            raise ValueError(
+                f"codebooks of shape {tuple(codebooks.shape)}, expected {shape} (per modality)"
+            )
+        parts = [None, None] if codebooks is None else list(codebooks)
+        self.by_modality = {
+            m: ProductQuantizer(dim, M, K, p) for m, p in zip(MODALITIES, parts, strict=True)
+        }
+
+    @classmethod
+    def from_codebooks(cls, codebooks: Tensor) -> Quantizers:
+        """Stored codebooks, the layout read from their shape (4-D: one set per modality)."""
+        M, codewords, sub = codebooks.shape[-3:]
+        layout = "per_modality" if codebooks.ndim == 4 else "shared"
+        return cls(M * sub, M, int(codewords).bit_length() - 1, layout, codebooks)
+
+    def __getitem__(self, modality: str) -> ProductQuantizer:
+        return self.by_modality[modality]
+
+    @property
+    def codebooks(self) -> Tensor:
+        if self.layout == "shared":
+            return self["image"].codebooks
+        return torch.stack([self[m].codebooks for m in MODALITIES])
+
+    def to(self, device: str | torch.device) -> Quantizers:
+        for pq in set(self.by_modality.values()):
+            pq.to(device)
+        return self
+
+    def fit(
+        self, images: Tensor, texts: Tensor, iters: int = 25, seed: int = 0,
+        warm_start: bool = False,
+    ) -> None:  # fmt: skip
+        """k-means per sub-space: on both modalities' head outputs together (shared), or on
+        each modality's own."""
+        if self.layout == "shared":
+            self["image"].fit(torch.cat([images, texts]), iters, seed, warm_start)
+            return
+        for m, x in zip(MODALITIES, (images, texts), strict=True):
+            self[m].fit(x, iters, seed, warm_start)
+
+    def quantize(self, head: Tensor, modality: str) -> Tensor:
+        """Head outputs replaced by their reconstruction in `modality`'s codebooks."""
+        pq = self[modality]
+        return pq.reconstruct(pq.encode(head))

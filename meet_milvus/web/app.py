@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meet_milvus.errors import MeetError, ParameterError
+from meet_milvus.inputs import is_file
 from meet_milvus.results import Hit
 from meet_milvus.web.page import PAGE
 
@@ -52,7 +53,7 @@ UPLOAD_PATH = "/api/search/image"
 class Switches(BaseModel):
     """Per-request overrides of the searcher's `SearchConfig` (None: keep the server's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no true for a number, "1" for true
 
     hash: bool | None = Field(None, description="Hamming filter stage")
     pq: bool | None = Field(None, description="product-quantization filter stage")
@@ -73,7 +74,8 @@ class TextSearch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., description="the query, e.g. 'a tiger next to a flower'")
-    k: int = Field(10, description=f"results, 1 to {MAX_K}")
+    # strict: JSON true or "5" is not a count (lax pydantic would take them as 1 and 5).
+    k: int = Field(10, strict=True, description=f"results, 1 to {MAX_K}")
     diagnostics: bool = Field(False, description="each hit's rank and score after every stage")
     switches: Switches = Field(default_factory=Switches)
 
@@ -204,7 +206,7 @@ def create_app(
         if source is None:
             raise HTTPException(404, f"image {item_id}: not among the results served")
         path = Path(source)
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not _is_file(path):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not is_file(path):
             raise HTTPException(404, f"image {item_id}: its source is not an image file here")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -239,13 +241,6 @@ def _configured(searcher: Any, overrides: dict[str, Any]) -> Any:
     return variant
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # e.g. a name too long for the file system
-        return False
-
-
 def _parse_switches(text: str) -> Switches:
     try:
         return Switches.model_validate_json(text or "{}")
@@ -262,10 +257,14 @@ def _check_image(data: bytes, name: str, limit: int) -> str:
     if len(data) > limit:
         raise HTTPException(413, f"upload {name}: larger than {size(limit)}")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()  # checks the structure without decoding all pixels
-            kind = im.format or "image"
-    except Image.DecompressionBombError:
+        with warnings.catch_warnings():
+            # As meet_milvus.model.features.load_image: more pixels than PIL's limit is
+            # refused, not warned.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()  # checks the structure without decoding all pixels
+                kind = im.format or "image"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, f"upload {name}: too many pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         formats = "PNG, JPEG, GIF, WebP, BMP"
