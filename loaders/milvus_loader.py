@@ -18,17 +18,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pymilvus.exceptions import MilvusException
 
 from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.config import Settings
-from meet_milvus.errors import CheckpointError, GalleryMismatchError, ParameterError
+from meet_milvus.errors import (
+    CheckpointError,
+    GalleryMismatchError,
+    ParameterError,
+    ServerUnavailableError,
+)
 from meet_milvus.gallery_layout import MODALITIES, GalleryMeta, Layout, Modality
 from meet_milvus.inputs import check_count, check_name
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.progress import progress_bar
-from meet_milvus.server import connect, server_version
+from meet_milvus.server import connect, describe, server_version
 from meet_milvus.tier import Chunk, open_tier, tier_dir, write_tier
 from meet_milvus_loaders.precomp import Split, load_split
 
@@ -407,9 +413,15 @@ def load(
     images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
     items = split_items(source, images, texts, neighbours)
     origin = Origin.of(model, f"{data}/{split}", str(path.resolve()))
-    report = write_gallery(
-        client, collection, items, origin, drop=drop, progress=progress, echo=echo
-    )
+    try:
+        report = write_gallery(
+            client, collection, items, origin, drop=drop, progress=progress, echo=echo
+        )
+    except MilvusException as e:  # the server failed or went away mid-load
+        raise ServerUnavailableError(
+            f"{describe(settings)}: {e.message}; rerun the load to finish it (it resumes: "
+            f"nothing is doubled or lost)"
+        ) from None
     build_tiers(client, collection, settings, echo, items)
     return report
 

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from meet_milvus.errors import GalleryMismatchError, MeetError, ParameterError
+from meet_milvus.errors import (
+    GalleryMismatchError,
+    MeetError,
+    ParameterError,
+    ServerUnavailableError,
+)
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -209,7 +214,7 @@ def _search_raw(
         grpc = None
     if grpc is None:
         return _search_public(client, collection, field, data, limit, param, expr, consistency)
-    response = grpc.stub.Search(request)
+    response = _rpc(grpc.stub.Search, request)
     grpc.check_status(response.status)
     result = response.results
     return (
@@ -254,7 +259,7 @@ def _query_raw(
             collection, filter=expr, output_fields=fields, consistency_level=consistency
         )
         return _columns_from_rows(rows, fields)
-    response = grpc.stub.Query(request)
+    response = _rpc(grpc.stub.Query, request)
     grpc.check_status(response.status)
     return {f.field_name: _decode(f) for f in response.fields_data}
 
@@ -314,3 +319,16 @@ def _columns_from_rows(rows: list[dict], fields: list[str]) -> dict[str, Any]:
         else:
             out[name] = np.asarray(values, dtype=np.int64)
     return out
+
+
+def _rpc(call: Any, request: Any) -> Any:
+    """One raw gRPC call; a failed one as a one-line MeetError (ServerUnavailable when nothing
+    answers: pymilvus's own calls would retry for minutes, a search should say so at once)."""
+    import grpc
+
+    try:
+        return call(request)
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServerUnavailableError(f"not answering ({e.code().name.lower()})") from None
+        raise MeetError(f"Milvus: {e.details()}") from None

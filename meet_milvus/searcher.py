@@ -8,7 +8,9 @@ hits = searcher.search_image("cat.jpg", k=5)
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,20 +34,26 @@ from meet_milvus.cascade import (
     StageTrace,
 )
 from meet_milvus.config import Settings, load_settings
-from meet_milvus.errors import GalleryMismatchError, ParameterError
-from meet_milvus.gallery_layout import Gallery, Modality, open_gallery
+from meet_milvus.errors import (
+    GalleryMismatchError,
+    MeetError,
+    ParameterError,
+    ServerUnavailableError,
+)
+from meet_milvus.gallery_layout import Gallery, Modality, check_name, open_gallery
 from meet_milvus.inputs import check_text, is_file
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
-from meet_milvus.server import connect
+from meet_milvus.server import connect, describe
 from meet_milvus.tier import LocalTier, open_tier
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
 ANN_MIN_ROWS = 50_000  # `filter="auto"` uses the ANN index from this gallery size on
+RECONNECT_ATTEMPTS = 3  # connections tried after Milvus stopped answering (1 s, 2 s apart)
 
 
 class SearchConfig(BaseModel):
@@ -165,6 +173,7 @@ class MeetSearcher:
             raise ParameterError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
         if self.config.filter == "ann" and self.config.tier != "local":
             raise ParameterError("search setting 'filter': the ANN index needs tier='local'")
+        check_name(collection)  # before connecting: a bad name starts no server
         self.client = connect(settings)
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
         self.model: MeetModel = load_checkpoint(path, settings.device, settings.cache_dir)
@@ -178,6 +187,7 @@ class MeetSearcher:
         # One encoding at a time: the model flips eval/train state around a call, and torch
         # already spreads one call over every core (concurrent calls only oversubscribe them).
         self._model_lock = threading.Lock()
+        self._lost = False  # Milvus stopped answering: the next call reconnects first
 
     def tier(self, gallery: Modality) -> LocalTier | None:
         """The local tier of one modality (built from Milvus when missing or stale); None in
@@ -286,14 +296,40 @@ class MeetSearcher:
     ) -> list[list[Hit]]:
         """Encoded queries through the cascade: the top k hits of each."""
         check_k(k)
-        cascade, hits = self.cascade(gallery, k), []
-        # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery wide.
-        step = max(1, QUERY_CELLS // self.gallery.meta[gallery].rows)
-        for lo in range(0, len(queries), step):
-            traces = cascade.trace(queries[lo : lo + step])
-            final = traces[-1].candidates.head(k)
-            hits += self._hits(final, gallery, traces if diagnostics else None)
+        if self._lost:
+            self.reconnect()
+        try:
+            cascade, hits = self.cascade(gallery, k), []
+            # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery
+            # wide.
+            step = max(1, QUERY_CELLS // self.gallery.meta[gallery].rows)
+            for lo in range(0, len(queries), step):
+                traces = cascade.trace(queries[lo : lo + step])
+                final = traces[-1].candidates.head(k)
+                hits += self._hits(final, gallery, traces if diagnostics else None)
+        except ServerUnavailableError as e:
+            self._lost = True
+            where = describe(self.settings)
+            raise ServerUnavailableError(f"{where}: {e}; the next call reconnects") from None
         return hits
+
+    def reconnect(self, attempts: int = RECONNECT_ATTEMPTS) -> None:
+        """A new connection to Milvus (the embedded server is restarted if it died), tried
+        `attempts` times with doubling pauses; MeetError if none answers."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+        pause = 1.0
+        for attempt in range(1, attempts + 1):
+            try:
+                self.client = connect(self.settings)
+                break
+            except MeetError as e:
+                if attempt == attempts:
+                    raise ServerUnavailableError(f"{e} (tried {attempts} times)") from None
+                time.sleep(pause)
+                pause *= 2
+        self.gallery.loaded.clear()  # a restarted server loads collections on first use again
+        self._lost = False
 
     # -- internals ----------------------------------------------------------------------------
 

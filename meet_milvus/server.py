@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import lzma
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
 START_TIMEOUT = 120.0  # seconds; a start takes 3 to 5 s on 2 idle cores, more when they are busy
 STOP_TIMEOUT = 30.0  # then SIGKILL
 CONNECT_TIMEOUT = 10.0
+RESTART_PAUSE = 3.0  # seconds between starts after a crash, while old sessions expire
 LOG_MAX_BYTES = 32 << 20  # the server's log is rotated at this size (idle: ~0.2-0.5 MB a minute)
 LOG_BACKUPS = 4  # rotated logs kept: milvus.log.1 (newest) .. milvus.log.4
 _GRACEFUL_STOP_S = 5  # Milvus's own limit on its graceful stop
@@ -136,6 +138,10 @@ class _AuthRefused(ServerUnavailableError):
     """The server refused the credential."""
 
 
+class _ExitedEarly(ServerUnavailableError):
+    """The server exited while starting."""
+
+
 class _SetupError(Exception):
     """The supervisor could not set the server up (see `_supervise`)."""
 
@@ -170,23 +176,36 @@ class EmbeddedServer:
         with self._locked():
             state = self._read_state()
             if state and _state_alive(state):
-                self._wait_ready(state, timeout)
-                return self.status()
+                try:
+                    self._wait_ready(state, timeout)
+                    return self.status()
+                except _ExitedEarly:
+                    pass  # it died while we looked (a crash): a new one starts below
             if state:
                 _remove_leftovers(state)  # of a server that died: pid and server-id files
-            for attempt in (1, 2):
+            # A server killed without a stop (kill -9, a crash) leaves its components' sessions
+            # in etcd until their leases run out (~30 s); a start before then exits ("node
+            # not match"), so after a crash exits are retried until `timeout`.
+            crashed, deadline = state is not None, time.monotonic() + timeout
+            for attempt in itertools.count(1):
                 self._state_file.unlink(missing_ok=True)
                 state = self._launch(die_with_parent)
                 try:
-                    self._wait_ready(state, timeout)
+                    self._wait_ready(state, max(1.0, deadline - time.monotonic()))
                     self._authenticate(_local_uri(state["port"]))
                     return self.status()
                 except _PortTaken:
                     # Another program took a port between our check and its bind.
                     self._terminate(state, STOP_TIMEOUT)
-                    if attempt == 2:
+                    if attempt >= 2:
                         raise
                     (self.directory / "ports.json").unlink(missing_ok=True)
+                except _ExitedEarly:
+                    self._terminate(state, STOP_TIMEOUT)
+                    if not crashed or time.monotonic() + RESTART_PAUSE >= deadline:
+                        self._state_file.unlink(missing_ok=True)
+                        raise
+                    time.sleep(RESTART_PAUSE)
                 except BaseException:
                     # Only the process this call launched: `state` names it, and the supervisor
                     # drops the sessions of its own etcd only (never a port's current holder).
@@ -479,7 +498,7 @@ class EmbeddedServer:
             if held:
                 return _PortTaken(f"embedded Milvus: port {held[0]} was taken")
         hint = _log_hint(self.log) or self._exit_reason()
-        return ServerUnavailableError(
+        return _ExitedEarly(
             f"embedded Milvus exited during start-up{f' ({hint})' if hint else ''}; "
             f"see its log {self.log}"
         )
@@ -617,6 +636,17 @@ def connect(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> MilvusClien
         return _client(uri, token or server.token(), settings.milvus_db, timeout)
     except _NotAnswering as e:
         raise ServerUnavailableError(f"{e}; see its log {server.log}") from None
+
+
+def describe(settings: Settings) -> str:
+    """Where the configured Milvus is, for an error message: its URI without credentials
+    and, for the embedded server, its log."""
+    if not settings.embedded:
+        return f"Milvus at {redact_uri(settings.milvus_uri or '')}"
+    server = EmbeddedServer(settings)
+    state = server._read_state()
+    port = state["port"] if state else settings.embedded_port
+    return f"embedded Milvus at {_local_uri(port)} (log {server.log})"
 
 
 def server_version(client: MilvusClient) -> str:

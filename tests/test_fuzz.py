@@ -14,6 +14,7 @@ session's embedded Milvus and the demo gallery, and check that no case stops tha
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -735,7 +736,12 @@ def test_cli_bad_arguments(world, monkeypatch):
     def no_milvus(*args, **kwargs):
         raise NoMilvus("a unit-tier CLI case reached Milvus")
 
-    monkeypatch.setattr(server_mod, "connect", no_milvus)
+    # Every module that binds `connect` (imported now, so none binds the stand-in for good).
+    for name in ("meet_milvus.cli", "meet_milvus_loaders.milvus_loader", "meet_milvus.searcher"):
+        importlib.import_module(name)
+    for module in list(sys.modules.values()):
+        if getattr(module, "connect", None) is server_mod.connect:
+            monkeypatch.setattr(module, "connect", no_milvus)
     monkeypatch.setattr(server_mod.EmbeddedServer, "start", no_milvus)
     rng, fuzz = random.Random(SEED + 5), Fuzz("cli")
     files = image_files(world.inputs / "images")
