@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from meet_milvus.errors import MeetError
 from meet_milvus.evaluation import KS, Recall
+from meet_milvus.inputs import check_output_path
 from meet_milvus.sheet import BACKGROUND, EMPTY, INK, MUTED, _font
 
 # Colour-blind-safe (Okabe-Ito), one per method in order.
@@ -22,14 +23,7 @@ BAR_W, GAP, PLOT_H, PAD = 11, 18, 300, 16
 
 def check_plot_path(path: str | Path) -> Path:
     """A .png path in an existing folder, refused with one line before the evaluation runs."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise MeetError(f"--plot {path}: give a .png path")
-    if not path.parent.is_dir():
-        raise MeetError(f"--plot {path}: folder {path.parent} not found")
-    if path.is_dir():
-        raise MeetError(f"--plot {path}: is a folder")
-    return path
+    return check_output_path(path, "--plot", (".png",))
 
 
 def write_recall_chart(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,18 @@ def is_file(path: str | Path) -> bool:
         return Path(path).is_file()
     except (OSError, ValueError):
         return False
+
+
+def check_output_path(path: str | Path, flag: str, suffixes: Sequence[str]) -> Path:
+    """A file to write (a picture): one of `suffixes`, in an existing folder, not a folder
+    itself. Checked before the work that produces it, so a typo costs no search or evaluation."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        *most, last = suffixes
+        kinds = f"{', '.join(most)} or {last}" if most else last
+        raise ParameterError(f"{flag} {path}: give a {kinds} path")
+    if not path.parent.is_dir():
+        raise ParameterError(f"{flag} {path}: folder {path.parent} not found")
+    if path.is_dir():
+        raise ParameterError(f"{flag} {path}: is a folder")
+    return path

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.inputs import check_output_path
 from meet_milvus.model.features import to_rgb
 from meet_milvus.results import Hit
 
@@ -31,14 +32,7 @@ EMPTY = (238, 240, 244)
 
 def check_path(path: str | Path) -> Path:
     """The sheet's path, refused with one line before any search is run."""
-    path = Path(path)
-    if path.suffix.lower() not in SUFFIXES:
-        raise ParameterError(f"--sheet {path}: give a .png, .jpg or .webp path")
-    if not path.parent.is_dir():
-        raise ParameterError(f"--sheet {path}: folder {path.parent} not found")
-    if path.is_dir():
-        raise ParameterError(f"--sheet {path}: is a folder")
-    return path
+    return check_output_path(path, "--sheet", tuple(SUFFIXES))
 
 
 def write_sheet(

@@ -35,5 +35,8 @@ def test_bad_plot_paths_are_refused(tmp_path):
         check_plot_path(tmp_path / "r.svg")
     with pytest.raises(MeetError, match="folder .* not found"):
         check_plot_path(tmp_path / "nowhere" / "r.png")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(MeetError, match=r"--plot .*d\.png: is a folder"):
+        check_plot_path(tmp_path / "d.png")
     with pytest.raises(MeetError, match="no methods to draw"):
         write_recall_chart(tmp_path / "r.png", {}, {}, title="x")

@@ -68,8 +68,12 @@ def test_image_query_sheet_shows_the_query_beside_captions(tmp_path):
 
 @pytest.mark.unit
 def test_bad_sheet_paths_are_one_line(tmp_path):
-    with pytest.raises(MeetError, match=r"--sheet .*out\.txt: give a .png, .jpg or .webp path"):
+    kinds = "give a .png, .jpg, .jpeg or .webp path"
+    with pytest.raises(MeetError, match=rf"--sheet .*out\.txt: {kinds}"):
         check_path(tmp_path / "out.txt")
+    (tmp_path / "a-folder.png").mkdir()
+    with pytest.raises(MeetError, match=r"--sheet .*a-folder\.png: is a folder"):
+        check_path(tmp_path / "a-folder.png")
     with pytest.raises(MeetError, match="folder .*nope not found"):
         check_path(tmp_path / "nope" / "out.png")
     with pytest.raises(MeetError, match="one of them"):
@@ -128,4 +132,4 @@ def test_a_bad_sheet_path_fails_before_searching(tmp_path):
               "--sheet", str(tmp_path / "s.gif")],
     )  # fmt: skip
     assert result.exit_code != 0
-    assert "give a .png, .jpg or .webp path" in str(result.exception)
+    assert "give a .png, .jpg, .jpeg or .webp path" in str(result.exception)
