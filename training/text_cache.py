@@ -18,6 +18,10 @@ from torch import Tensor
 from meet_milvus.model.encoders import BertTextEncoder
 from meet_milvus.progress import progress_bar
 
+# Part of the key: states made by another implementation of the same model may differ in the
+# last float16 bit (2: meet_milvus.model.bert replaced transformers for plain BERT models).
+STATES_VERSION = 2
+
 
 class TokenStateCache:
     """Token states (float16) of a fixed set of texts; `lookup` gives padded (states, mask)."""
@@ -58,7 +62,7 @@ class TokenStateCache:
     ) -> TokenStateCache:
         unique = sorted(set(texts))
         key = hashlib.sha256(
-            "\n".join([model_sha, str(encoder.max_len), *unique]).encode()
+            "\n".join([model_sha, f"v{STATES_VERSION}", str(encoder.max_len), *unique]).encode()
         ).hexdigest()[:32]
         path = Path(cache_dir) / "text_states" / f"{key}.safetensors"
         if path.is_file():

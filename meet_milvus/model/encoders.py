@@ -8,7 +8,6 @@ one interface: `tokenize(texts) -> dict of tensors` and `forward(**that dict) ->
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from meet_milvus.errors import ParameterError
+from meet_milvus.model.bert import Bert, BertTokenizer, is_plain_bert
+from meet_milvus.model.text_model import hidden_size
 from meet_milvus.model.vocab import Vocabulary
 
 
@@ -150,8 +150,33 @@ class BiGRUTextEncoder(nn.Module):
         return self.proj(self.pool(out, mask))
 
 
-def load_transformer(path: str | Path) -> tuple[nn.Module, object]:
-    """A BERT-family model and its tokenizer from a local directory (no hub, no pickle)."""
+class _HFTokenizer:
+    """transformers' tokenizer behind `BertTokenizer`'s interface (encode, count)."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, texts: list[str], max_len: int) -> dict[str, Tensor]:
+        enc = self._tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self._tokenizer(list(texts))["input_ids"]]
+
+
+TextTokenizer = BertTokenizer | _HFTokenizer
+
+
+def load_transformer(path: str | Path) -> tuple[nn.Module, TextTokenizer]:
+    """A BERT-family model and its tokenizer from a local directory (no hub, no pickle).
+
+    A plain BERT (the bundled MiniLM) is read by `meet_milvus.model.bert` in a fraction of the
+    time; other families need transformers.
+    """
+    if is_plain_bert(path):
+        return Bert.from_folder(path), BertTokenizer(path)
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -159,27 +184,21 @@ def load_transformer(path: str | Path) -> tuple[nn.Module, object]:
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-    return model, tokenizer
+    return model, _HFTokenizer(tokenizer)
 
 
 class LazyTransformer:
-    """A frozen BERT-family model and its tokenizer, read from `path` on first use. Importing
-    transformers and reading the model take seconds; a run whose captions come from cached
-    token states or encodings, or that encodes only images, never needs them."""
+    """A frozen BERT-family model and its tokenizer, read from `path` on first use. Reading the
+    model takes a while; a run whose captions come from cached token states or encodings, or
+    that encodes only images, never needs it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            config = json.loads((self.path / "config.json").read_text())
-            self.hidden_size = int(config["hidden_size"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ParameterError(
-                f"text model {self.path}: no hidden_size in its config.json ({e})"
-            ) from None
-        self._loaded: tuple[nn.Module, object] | None = None
+        self.hidden_size = hidden_size(self.path)
+        self._loaded: tuple[nn.Module, TextTokenizer] | None = None
         self._lock = threading.Lock()  # a service's first concurrent queries load it once
 
-    def get(self) -> tuple[nn.Module, object]:
+    def get(self) -> tuple[nn.Module, TextTokenizer]:
         with self._lock:
             if self._loaded is None:
                 model, tokenizer = load_transformer(self.path)
@@ -204,7 +223,7 @@ class BertTextEncoder(nn.Module):
     def __init__(
         self,
         transformer: nn.Module | LazyTransformer,
-        tokenizer: object | None,
+        tokenizer: TextTokenizer | None,
         embed_dim: int,
         attn_dim: int,
         heads: int,
@@ -243,7 +262,7 @@ class BertTextEncoder(nn.Module):
         return model
 
     @property
-    def tokenizer(self) -> object:
+    def tokenizer(self) -> TextTokenizer:
         return self._tokenizer if self._lazy is None else self._lazy.get()[1]
 
     def train(self, mode: bool = True) -> BertTextEncoder:
@@ -253,17 +272,10 @@ class BertTextEncoder(nn.Module):
         return self
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_len,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return self.tokenizer.encode(list(texts), self.max_len)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        return self.tokenizer.count(list(texts))
 
     def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         if self.finetune:

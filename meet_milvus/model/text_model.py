@@ -7,6 +7,7 @@ The model is a configured BERT-family directory, or the offline all-MiniLM-L6-v2
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -69,3 +70,20 @@ def text_model_sha(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def hidden_size(path: str | Path) -> int:
+    """The width of the model's token states, from its config.json (no model is read)."""
+    path = Path(path)
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if "hidden_size" in raw:
+            return int(raw["hidden_size"])
+        # Other families name it otherwise (DistilBERT: dim); transformers knows the aliases.
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(str(path), local_files_only=True).hidden_size)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ParameterError(
+            f"text model {path}: no hidden_size in its config.json ({e})"
+        ) from None

@@ -18,6 +18,7 @@ from meet_milvus.errors import CheckpointError, DataSetError
 from meet_milvus.model.config import ConceptNetConfig, ModelConfig
 from meet_milvus.model.graph import normalize_adjacency
 from meet_milvus.model.network import MeetNet, Outputs
+from meet_milvus.model.text_model import hidden_size
 from meet_milvus_training.coder.concepts import cooccurrence_graph, mine_concepts
 from meet_milvus_training.coder.config import CoderConfig
 from meet_milvus_training.coder.criterion import CoderCriterion, CoderOutputs
@@ -150,9 +151,7 @@ def _node_dim(config: ModelConfig) -> int:
     """Input size of the concept nodes: the text model's hidden size, or the word size."""
     if config.text_encoder == "bigru":
         return config.train.word_dim
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(config.text_model, local_files_only=True).hidden_size)
+    return hidden_size(config.text_model)
 
 
 def _concept_features(text_encoder: nn.Module, words: list[str]) -> Tensor:
