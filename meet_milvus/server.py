@@ -73,6 +73,7 @@ from meet_milvus.config import Settings, redact_uri
 from meet_milvus.errors import ServerUnavailableError
 from meet_milvus.gallery_layout import MILVUS_LITE
 from meet_milvus.inputs import check_seconds
+from meet_milvus.private import private_dir, write_private
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -282,7 +283,7 @@ class EmbeddedServer:
             # The new password is on disk before the server has it: a crash in between
             # leaves it in the pending file, which `_authenticate` tries and promotes.
             pending = self.credentials.with_name("credentials.new.json")
-            _write_private(pending, json.dumps({"user": _ROOT, "password": new}))
+            write_private(pending, json.dumps({"user": _ROOT, "password": new}))
             try:
                 client.update_password(_ROOT, old, new)
             except Exception as e:
@@ -333,7 +334,7 @@ class EmbeddedServer:
             "error_file": str(self._error_file),
         }
         spec_file = configs / "supervisor.json"
-        _write_private(spec_file, json.dumps(spec, indent=2))
+        write_private(spec_file, json.dumps(spec, indent=2))
         for stale in (self._run_file, self._error_file):
             stale.unlink(missing_ok=True)
         _rotate_files(self.log, LOG_BACKUPS)  # each run starts a log of its own
@@ -388,14 +389,14 @@ class EmbeddedServer:
         missing = [k for k in _PORT_KEYS if k not in kept]
         taken = {*kept.values(), self.settings.embedded_port}
         ports = {**kept, **dict(zip(missing, _free_ports(len(missing), taken), strict=True))}
-        _write_private(saved_file, json.dumps(ports, indent=2))
+        write_private(saved_file, json.dumps(ports, indent=2))
         return ports
 
     def _write_configs(self, port: int, ports: dict[str, int]) -> Path:
         data = self.directory / "data"
         configs = self.directory / "configs"
         for d in (data, configs, self.log.parent):
-            _private_dir(d)
+            private_dir(d)
         level, etcd_level, glog_level = _LOG_LEVELS[self.settings.log_level]
         values = {
             **ports,
@@ -439,14 +440,14 @@ class EmbeddedServer:
                 raise ServerUnavailableError(
                     f"embedded Milvus: config template: {pattern!r} not found"
                 )
-        _write_private(configs / "milvus.yaml", _PLACEHOLDER.sub(fill, template))
+        write_private(configs / "milvus.yaml", _PLACEHOLDER.sub(fill, template))
         glog = (package / "glog.conf").read_text(encoding="utf-8")
         glog = glog.replace("--logtostderr=false", "--logtostderr=true")
         glog = re.sub(r"--minloglevel=\d+", f"--minloglevel={glog_level}", glog)
-        _write_private(configs / "glog.conf", glog)
+        write_private(configs / "glog.conf", glog)
         client = f"http://127.0.0.1:{ports['etcd_port']}"
         peer = f"http://127.0.0.1:{ports['etcd_peer_port']}"
-        _write_private(
+        write_private(
             configs / "embedEtcd.yaml",
             f"name: meet\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
             f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
@@ -516,7 +517,7 @@ class EmbeddedServer:
         stored = _read_json(self.credentials).get("password")
         if not isinstance(stored, str) or not stored:
             stored = _new_password()
-            _write_private(self.credentials, json.dumps({"user": _ROOT, "password": stored}))
+            write_private(self.credentials, json.dumps({"user": _ROOT, "password": stored}))
         pending_file = self.credentials.with_name("credentials.new.json")
         pending = _read_json(pending_file).get("password")
         for password in (stored, pending, _DEFAULT_ROOT_PASSWORD):
@@ -588,7 +589,7 @@ class EmbeddedServer:
         # One starter or stopper per data dir at a time, across processes.
         try:
             loose = self.directory.is_dir() and self.directory.stat().st_mode & 0o077
-            _private_dir(self.directory)
+            private_dir(self.directory)
             if loose:  # written before its files were made private
                 _tighten(self.directory)
             fd = os.open(self.directory / "server.lock", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -614,7 +615,7 @@ class EmbeddedServer:
         return state
 
     def _write_state(self, state: dict) -> None:
-        _write_private(self._state_file, json.dumps(state, indent=2))
+        write_private(self._state_file, json.dumps(state, indent=2))
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -737,25 +738,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` (mode 0600) atomically: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an old tmp file keeps its mode through O_CREAT
-        with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as fh:
-            fh.write(text)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
 
 
 def _tighten(directory: Path) -> None:
@@ -1057,9 +1039,9 @@ def _supervise() -> None:
             raise _SetupError("exec", f"cannot run {spec['milvus'][0]} ({e.strerror})") from None
     except _SetupError as e:
         log.note("ERROR", f"embedded Milvus not started: {e}")
-        _write_private(Path(spec["error_file"]), json.dumps(e.record))
+        write_private(Path(spec["error_file"]), json.dumps(e.record))
         sys.exit(_EXIT_SETUP)
-    _write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid}))
+    write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid}))
     assert milvus.stdout is not None
     pump = threading.Thread(target=log.pump, args=(milvus.stdout,), daemon=True)
     pump.start()
@@ -1086,7 +1068,7 @@ def _supervise() -> None:
         Path(f"/tmp/milvus/server_id_{milvus.pid}").unlink()
     _remove_pid_file(spec["alias"])
     log.note("INFO", f"embedded Milvus exited ({code})")
-    _write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid, "exit": code}))
+    write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid, "exit": code}))
     sys.exit(code if code >= 0 else 128 - code)
 
 

@@ -230,8 +230,17 @@ def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_galler
         match = re.search(r"serving '(\w+)' at (http://127\.0\.0\.1:\d+) \(ready in", line)
         assert match and match[1] == demo_gallery, line
         url = match[2]
-        assert httpx.get(f"{url}/api/info").json()["collection"] == demo_gallery
-        hits = httpx.post(f"{url}/api/search", json={"text": split.captions[0], "k": 2}).json()
+        # Not a terminal: the link names the token's file, never the token itself.
+        token_file = s.data_dir / "serve.token"
+        assert proc.stderr.readline().strip() == (
+            f"open {url}/?token=<the token in {token_file}> "
+            "(scripts: 'Authorization: Bearer <token>')"
+        )
+        assert httpx.get(f"{url}/api/info").status_code == 401
+        auth = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        assert httpx.get(f"{url}/api/info", headers=auth).json()["collection"] == demo_gallery
+        query = {"text": split.captions[0], "k": 2}
+        hits = httpx.post(f"{url}/api/search", json=query, headers=auth).json()
         assert len(hits["hits"]) == 2
         proc.send_signal(2)  # Ctrl-C: uvicorn shuts down cleanly
         assert proc.wait(30) == 0
@@ -250,7 +259,12 @@ NO_BROWSER = chromium_missing()
 @pytest.mark.integration
 @pytest.mark.skipif(NO_BROWSER is not None, reason=f"browser test: {NO_BROWSER}")
 def test_the_page_in_headless_chromium(searcher, split):
-    with serving(create_app(searcher)) as url, chromium_page() as page:
+    token = "browser-test-token-0123456789"
+    with serving(create_app(searcher, token=token)) as url, chromium_page() as page:
+        page.goto(f"{url}/")
+        assert "access token" in page.text_content("body")  # no token, no page
+        page.goto(f"{url}/?token={token}")  # the link `serve` prints: sets the cookie
+        assert page.url == f"{url}/"  # and leaves the token out of the address bar
         search_text(page, url, split.captions[0], k=5)  # types it and presses Enter
         widths = loaded_images(page)
         assert len(widths) == 5 and all(w > 0 for w in widths), widths

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from meet_milvus.commands.retrieval import HASH_MODE, HASH_MODE_HELP, _given, _searcher
+from meet_milvus.context import current_settings
 from meet_milvus.errors import MeetError
 
 
@@ -30,23 +32,33 @@ def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_m
     # The port first: a port in use is found before the model load, not after it.
     sock = bind(host, port)
     try:
+        from meet_milvus.web.app import create_app, warm_up
+        from meet_milvus.web.auth import access_token
+
+        token, token_file = access_token(current_settings().data_dir)
         if not is_loopback(host):
             click.echo(
-                f"warning: listening on {host}: anyone who reaches this port can query the "
-                "gallery and see its images (there is no authentication)",
+                f"warning: listening on {host}: whoever holds the access token and reaches "
+                "this port can query the gallery and see its images; traffic is not encrypted "
+                "(put a TLS proxy in front)",
                 err=True,
             )
-        from meet_milvus.web.app import create_app, warm_up
 
         began = time.perf_counter()
         overrides = {"rerank": False} if no_rerank else {}
         searcher = _searcher(collection, checkpoint, **overrides, **_given(hash_mode=hash_mode))
         warm_up(searcher)
-        app = create_app(searcher, max_upload=int(max_upload_mb * 1024 * 1024))
+        app = create_app(searcher, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
+        url = url_of(sock)
         click.echo(
-            f"serving '{collection}' at {url_of(sock)} (ready in "
+            f"serving '{collection}' at {url} (ready in "
             f"{time.perf_counter() - began:.1f} s; Ctrl-C stops)",
             err=True,
+        )
+        # The link with the token goes to a person at a terminal, never into a log file.
+        shown = token if sys.stderr.isatty() else f"<the token in {token_file}>"
+        click.echo(
+            f"open {url}/?token={shown} (scripts: 'Authorization: Bearer <token>')", err=True
         )
         try:
             serve(app, sock, log_level="warning")

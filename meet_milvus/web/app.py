@@ -12,8 +12,9 @@ part to leave to maintained code.
     GET  /api/info           the gallery, the model and the searcher's default switches
     GET  /                   the web page
 
-Errors are JSON, `{"error": "one line"}`: MeetError (bad query, k, setting) 400, schema errors
-422, unknown image 404, oversized upload 413, not an image 415, anything else 500.
+Errors are JSON, `{"error": "one line"}`: MeetError (bad query, k, setting) 400, no or a wrong
+access token 401, schema errors 422, unknown image 404, oversized upload 413, not an image 415,
+anything else 500.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime,
@@ -33,13 +34,14 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.inputs import is_file
 from meet_milvus.results import Hit
+from meet_milvus.web.auth import TokenGate
 from meet_milvus.web.page import PAGE
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of one uploaded image
@@ -109,10 +111,15 @@ class ErrorResponse(BaseModel):
 
 
 def create_app(
-    searcher: Any, *, max_upload: int = MAX_UPLOAD, title: str = "meet-milvus"
+    searcher: Any,
+    *,
+    token: str | None = None,
+    max_upload: int = MAX_UPLOAD,
+    title: str = "meet-milvus",
 ) -> FastAPI:
     """The service over `searcher`: a `MeetSearcher`, or any object with its interface
-    (`.search`, `.search_image`, `.config` a pydantic `SearchConfig`)."""
+    (`.search`, `.search_image`, `.config` a pydantic `SearchConfig`). With a `token`, every
+    request must carry it (`meet_milvus.web.auth`); `meet-milvus serve` always gives one."""
     app = FastAPI(
         title=title,
         description="MEET image-text retrieval on Milvus",
@@ -121,6 +128,8 @@ def create_app(
     # The upload's envelope (boundaries, form fields) may add a little to the file's own limit.
     upload = (max_upload + MAX_BODY, f"upload larger than {size(max_upload)}")
     app.add_middleware(BodyLimit, limits={UPLOAD_PATH: upload}, default=MAX_BODY)
+    if token is not None:  # added last, so outermost: a stranger's body is never read
+        app.add_middleware(TokenGate, token=SecretStr(token))
     _error_handlers(app)
     # The cascade caches gallery data on first use and the model is not re-entrant: one query
     # at a time (FastAPI runs these handlers in a thread pool).
