@@ -8,16 +8,15 @@ image features, caches MiniLM's token states, trains, loads both galleries into 
 Milvus, searches and evaluates); the second finds it all cached. The steps' times come from the
 "[demo] N s: command" lines demo.sh prints. With `--install`, the README command's install
 (`pip install torch==2.13.0 -e ".[train]"`) first runs into a new virtual environment, which
-the demo then uses. Writes OUT.json and OUT.md.
+the demo then uses. Writes OUT.json, OUT.md and OUT-demo.txt (what the first run printed: its
+training log and evaluation tables).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,10 @@ from pathlib import Path
 
 import click
 
-from benchmarks.measure import load_avg
+from benchmarks.measure import free_port, load_avg, report
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"^\[demo\] ([0-9.]+) s: (.*)$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
@@ -79,12 +72,13 @@ def main(work: Path, install: bool, out: Path | None) -> None:
         env["PATH"] = f"{work / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
         env["VIRTUAL_ENV"] = str(work / "venv")
         python = str(work / "venv" / "bin" / "python")
-    runs = []
+    runs, printed = [], ""
     try:
         for i in (1, 2):
             wall, stdout = run(["bash", "examples/demo.sh"], env, work / f"demo-{i}.log")
             steps = [(m[2], float(m[1])) for m in map(STEP.match, stdout.splitlines()) if m]
             runs.append({"wall_s": wall, "steps": steps})
+            printed = printed or stdout
     finally:
         subprocess.run(
             [python, "-m", "meet_milvus", "server", "stop"], env=env, capture_output=True
@@ -113,12 +107,9 @@ def main(work: Path, install: bool, out: Path | None) -> None:
         f"| **`bash examples/demo.sh`, whole** | **{minutes(runs[0]['wall_s'])}** "
         f"| **{minutes(runs[1]['wall_s'])}** |"
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
+    report(lines, result, out)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
+        out.with_name(f"{out.name}-demo.txt").write_text(printed)
 
 
 if __name__ == "__main__":

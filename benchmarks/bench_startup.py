@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,9 @@ from pathlib import Path
 
 import click
 
-from benchmarks.measure import load_avg
+from benchmarks.measure import free_port, load_avg, report
 from meet_milvus.config import load_settings
+from meet_milvus.web.auth import access_token
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = "three wooden cottages"
@@ -70,21 +70,14 @@ def stop_server(env: dict[str, str]) -> None:
     subprocess.run(cli(None) + ["server", "stop"], env=env, capture_output=True, timeout=120)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+def post(url: str, body: dict, token: str) -> dict:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
 
-def bench_serve(collection: str, queries: list[str], env: dict[str, str]) -> dict:
+def bench_serve(collection: str, queries: list[str], env: dict[str, str], token: str) -> dict:
     """Seconds until a fresh `serve` answers a query, then per-query ms over HTTP."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/search"
@@ -100,7 +93,7 @@ def bench_serve(collection: str, queries: list[str], env: dict[str, str]) -> dic
             if proc.poll() is not None:
                 raise click.ClickException("meet-milvus serve exited before answering")
             try:
-                post(url, {"text": QUERY, "k": 5})
+                post(url, {"text": QUERY, "k": 5}, token)
                 break
             except OSError:
                 time.sleep(0.05)
@@ -108,7 +101,7 @@ def bench_serve(collection: str, queries: list[str], env: dict[str, str]) -> dic
         walls, served = [], []
         for text in queries:
             t = time.perf_counter()
-            answer = post(url, {"text": text, "k": 5})
+            answer = post(url, {"text": text, "k": 5}, token)
             walls.append(1e3 * (time.perf_counter() - t))
             served.append(answer["ms"])
     finally:
@@ -164,7 +157,8 @@ def main(collection: str, runs: int, queries: int, baseline: str | None, out: Pa
                     warm[version].append(timed(cli(code) + args, env))
             for version in versions:
                 rows[f"{name} ({version}), warm"] = summary(warm[version])
-        serve = bench_serve(collection, texts * (queries // len(texts)), env)
+        token, _ = access_token(settings.data_dir)  # the one `serve` will ask for
+        serve = bench_serve(collection, texts * (queries // len(texts)), env, token)
     finally:
         if worktree is not None:
             subprocess.run(
@@ -198,12 +192,7 @@ def main(collection: str, runs: int, queries: int, baseline: str | None, out: Pa
         f"{serve['http_ms_p50']:.1f} ms p50 per query over HTTP (max {serve['http_ms_max']:.1f}; "
         f"search {serve['search_ms_p50']:.1f} ms of it, {serve['queries']} queries)",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
+    report(lines, result, out)
 
 
 if __name__ == "__main__":

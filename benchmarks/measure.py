@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +128,20 @@ def probe_rss(spec: dict, timeout: float = 1800) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"rss probe {spec.get('method')}: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def report(lines: list[str], result: dict, out: Path | None) -> None:
+    """Prints the markdown and, with `out`, writes OUT.md and OUT.json (every figure)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(text)
