@@ -228,11 +228,11 @@ class Bert(nn.Module):
                 f"text model {path / WEIGHTS}: no tensor {missing[0]}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             )
-        for key, meta in wanted.items():
-            if weights[key].shape != meta.shape:
+        for key, built in wanted.items():
+            if weights[key].shape != built.shape:
                 raise ParameterError(
                     f"text model {path / WEIGHTS}: {key} has shape {tuple(weights[key].shape)}, "
-                    f"config.json implies {tuple(meta.shape)}"
+                    f"config.json implies {tuple(built.shape)}"
                 )
         # Tensors the encoder does not use (position_ids, a masked-LM head) are left out.
         model.load_state_dict({k: weights[k].float() for k in wanted}, assign=True)
@@ -249,8 +249,8 @@ class BertTokenizer:
             self._plain = Tokenizer.from_file(str(self.path / TOKENIZER))
         except Exception as e:  # tokenizers raises its own untyped errors for a bad file
             raise ParameterError(f"text model {self.path / TOKENIZER}: unreadable ({e})") from None
-        padding = _read_json(self.path / TOKENIZER).get("padding") or {}
-        self._pad_token = padding.get("pad_token", "[PAD]")
+        preset = self._plain.padding or {}  # the file's own padding settings, if any
+        self._pad_token = preset.get("pad_token", "[PAD]")
         pad_id = self._plain.token_to_id(self._pad_token)
         if pad_id is None:
             raise ParameterError(f"text model {self.path}: no pad token {self._pad_token!r}")
