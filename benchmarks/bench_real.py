@@ -31,11 +31,12 @@ from benchmarks.measure import load_avg, needed, per_query, recall_at_k
 from meet_milvus import gallery_layout as cols
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.config import load_settings
+from meet_milvus.gallery_rows import Origin, write_gallery
 from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.tier import ann_nlist, open_tier
-from meet_milvus_loaders.milvus_loader import Origin, encode_split, split_items, write_gallery
+from meet_milvus_loaders.milvus_loader import encode_split, split_items
 from meet_milvus_loaders.precomp import Split, load_split
 
 K = 10

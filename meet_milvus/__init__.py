@@ -10,14 +10,18 @@ from meet_milvus.errors import MeetError
 if TYPE_CHECKING:
     from meet_milvus.results import Hit
     from meet_milvus.searcher import MeetSearcher, SearchConfig
+    from meet_milvus.writer import GalleryWriter, NewItem
 
-__all__ = ["Hit", "MeetError", "MeetSearcher", "SearchConfig", "Settings", "load_settings"]
+__all__ = ["GalleryWriter", "Hit", "MeetError", "MeetSearcher", "NewItem", "SearchConfig",
+           "Settings", "load_settings"]  # fmt: skip
 
 # Heavy parts (pymilvus, torch) load on first use so `import meet_milvus` stays light.
 _LAZY = {
     "MeetSearcher": "meet_milvus.searcher",
     "SearchConfig": "meet_milvus.searcher",
     "Hit": "meet_milvus.results",
+    "GalleryWriter": "meet_milvus.writer",
+    "NewItem": "meet_milvus.writer",
 }
 
 

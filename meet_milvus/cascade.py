@@ -11,14 +11,14 @@ ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) 
                     MEET's own codes (`adc`, default) or Milvus IVF_PQ filtered by id (`milvus`)
     AnnFilter       approximate dense similarity from the local tier's ANN index (IVF over RaBitQ
                     codes of a PCA-reduced dense vector) -> top Q, as a first stage
-    ExactRescore    exact dense dot product of the survivors -> top k: read from the local tier
-                    (`local`), or in Milvus: a search filtered to the survivors' ids, or
-                    embeddings fetched once for a batch (`auto` picks between those two)
+    ExactRescore    exact dense dot product of the survivors -> top k: their vectors read from
+                    the store (`read`), or a Milvus search filtered to their ids (`search`)
     Rerank          consistency + complementarity over the top z (meet_milvus.rerank)
 
-Client-side stages read a gallery's codes from its local tier (`meet_milvus.tier`: codes in RAM,
-dense vectors on disk, derived from Milvus). Without a tier (`tier=None`, the server-side mode)
-they fetch the codes from Milvus once into `store`, a dict that several stages can share.
+Stages read the gallery through one interface, a `GalleryReader` (meet_milvus.reader): the
+client's local tier (codes in RAM, dense vectors on disk) or the Milvus collections themselves
+(the server-side mode). Deleted items are tombstones there (`dead()`); the first stage never
+passes one on. The modes that let Milvus search go through a `MilvusSide`.
 
 `Cascade(stages)` runs them in order and can return each stage's output with its latency.
 Sizes (`keep`) are a count (int) or a fraction (float in (0, 1]) of what the stage receives.
@@ -29,24 +29,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from meet_milvus import milvus_arrays
 from meet_milvus.errors import ParameterError
-from meet_milvus.gallery_layout import Gallery, Modality
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.model.quantization import adc_scores, adc_tables
+from meet_milvus.reader import GalleryReader, MilvusSide
 from meet_milvus.rerank import Reranker
 from meet_milvus.tier import LocalTier
 
-if TYPE_CHECKING:
-    from pymilvus import MilvusClient
-
 Keep = int | float
-CONSISTENCY = "Eventually"  # the loader waits until every row is visible before it returns
 
 # The stages' defaults; SearchConfig (meet_milvus.searcher) takes its defaults from here.
 # MEET's reference keeps 60% of the images for text queries and 30% of the texts for image
@@ -121,61 +116,33 @@ def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1
 
 
 class _GalleryStage:
-    """Shared plumbing: the client, the gallery and the modality searched."""
+    """Shared plumbing: the store the stage reads (a `GalleryReader`: the local tier or Milvus)
+    and, for stages that let Milvus search, the gallery's collections (`MilvusSide`)."""
 
-    def __init__(
-        self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
-        tier: LocalTier | None = None,
-    ) -> None:
-        self.client = client
-        self.gallery = gallery
-        self.modality = modality
-        self.meta = gallery.meta[modality]
-        self.tier = tier
-        self.store: dict = {}  # without a tier: whole-gallery codes fetched once (see _every)
+    def __init__(self, store: GalleryReader, milvus: MilvusSide | None = None) -> None:
+        self.store = store
+        self.milvus = milvus if milvus is not None else getattr(store, "milvus", None)
+        self.meta = store.meta
 
-    def _collection(self, field: str) -> str:
-        name = self.gallery.collection(self.modality, field)
-        self.gallery.ensure_loaded(self.client, name)
-        return name
+    def _side(self, what: str) -> MilvusSide:
+        if self.milvus is None:
+            raise ParameterError(f"{what} searches in Milvus: give the stage milvus=")
+        return self.milvus
 
-    def _every(self, field: str) -> np.ndarray:
-        """Every item's `field` (ids are 0..rows-1): from the tier, else fetched once."""
-        if self.tier is not None:
-            return self.tier.codes(field)
-        key = (self.meta.gallery, self.modality, field)
-        if key not in self.store:
-            self.store[key] = self._fetch_every(field)
-        return self.store[key]
+    def _live(self) -> int:
+        dead = self.store.dead()
+        return self.store.rows - (0 if dead is None else int(dead.sum()))
 
-    def _fetch_every(self, field: str) -> np.ndarray:
-        rows, step, name = self.meta.rows, MAX_TOPK, self._collection(field)
-        parts = [
-            np.asarray(milvus_arrays.rows_in_range(self.client, name, lo, min(rows, lo + step),
-                                                   [field])[field], dtype=np.uint8)
-            for lo in range(0, rows, step)
-        ]  # fmt: skip
-        return np.concatenate(parts)  # codes: K <= 8 bits
-
-    def _gather(self, ids: np.ndarray, fields: list[str], row_bytes: int) -> dict[str, np.ndarray]:
-        """Values of `fields` for a (nq, n) id array, zeros where ids are -1: read from the
-        tier (each distinct id once) when there is one, else fetched from Milvus."""
+    def _gather(self, ids: np.ndarray, fields: list[str]) -> dict[str, np.ndarray]:
+        """Values of `fields` for a (nq, n) id array, zeros where ids are -1; each distinct id
+        read once."""
         valid = ids >= 0
-        flat = ids[valid]
-        if self.tier is not None:
-            unique, inverse = np.unique(flat, return_inverse=True)
-            readers = {"dense": self.tier.dense, "neighbours": self.tier.neighbours}
-            got = {name: readers[name](unique)[inverse] for name in fields}
-        else:
-            got = milvus_arrays.fetch(
-                self.client, self._collection(fields[0]), flat, fields, row_bytes, CONSISTENCY
-            )
+        unique, inverse = np.unique(ids[valid], return_inverse=True)
+        readers = {"dense": self.store.dense, "neighbours": self.store.neighbours,
+                   "codes": lambda u: self.store.codes("codes")[u]}  # fmt: skip
         out = {}
         for name in fields:
-            values = np.asarray(got[name])
+            values = np.asarray(readers[name](unique))[inverse]
             full = np.zeros((*ids.shape, *values.shape[1:]), dtype=values.dtype)
             full[valid] = values
             out[name] = full
@@ -185,52 +152,48 @@ class _GalleryStage:
 class HammingFilter(_GalleryStage):
     """Stage 1: the R gallery items nearest in Hamming distance. Scores are negated distances.
 
-    mode `client` (default): an exact scan of the codes held client-side (H/8 bytes an item), R
-    up to the whole gallery; ties at the cut-off are taken in id order. mode `milvus`:
-    BIN_IVF_FLAT search; `nprobe` defaults to every list, i.e. exact Hamming ranking as in
-    MEET's reference; R is capped by Milvus's topk (16384).
+    mode `client` (default): an exact scan of every item's codes (H/8 bytes an item), R up to
+    the whole gallery; ties at the cut-off are taken in id order; deleted ids never. mode
+    `milvus`: BIN_IVF_FLAT search; `nprobe` defaults to every list, i.e. exact Hamming ranking
+    as in MEET's reference; R is capped by Milvus's topk (16384).
     """
 
     name = "hash"
 
     def __init__(
         self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
+        store: GalleryReader,
         keep: Keep = HASH_KEEP["text"],
         nprobe: int | None = None,
         mode: Literal["milvus", "client"] = HASH_MODE,
-        store: dict | None = None,
-        tier: LocalTier | None = None,
         least: int = 1,
+        milvus: MilvusSide | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality, tier)
+        super().__init__(store, milvus)
         if mode not in ("milvus", "client"):
             raise ParameterError(f"Hamming filter mode '{mode}': use 'milvus' or 'client'")
         self.keep, self.least = keep, least
         self.mode = mode
         self.nprobe = nprobe or self.meta.nlist
-        if store is not None:
-            self.store = store
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is not None:
             raise ParameterError("HammingFilter searches the whole gallery: put it first")
         codes = np.ascontiguousarray(queries.hash_codes, np.uint8)
+        live = self._live()
         if self.mode == "client":
-            limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows, least=self.least)
-            return hamming_top(self.words(), as_words(codes), limit, self.meta.H)
-        limit = resolve_keep(self.keep, self.meta.rows, least=self.least)
-        ids, dist = milvus_arrays.search(
-            self.client, self._collection("hash"), "hash", [row.tobytes() for row in codes],
-            limit, "HAMMING", {"nprobe": self.nprobe}, consistency=CONSISTENCY,
-        )  # fmt: skip
+            limit = resolve_keep(self.keep, live, cap=max(live, 1), least=self.least)
+            return hamming_top(self.words(), as_words(codes), limit, self.meta.H,
+                               self.store.dead())  # fmt: skip
+        limit = resolve_keep(self.keep, live, least=self.least)
+        ids, dist = self._side("mode 'milvus'").search(
+            "hash", [row.tobytes() for row in codes], limit, "HAMMING", {"nprobe": self.nprobe}
+        )
         return Candidates(ids, np.where(ids >= 0, -dist, -np.inf).astype(np.float32))
 
     def words(self) -> np.ndarray:
-        """Every item's code as 64-bit words (rows, ceil(H/64)), fetched once."""
-        return as_words(self._every("hash"))
+        """Every item's code as 64-bit words (rows, ceil(H/64))."""
+        return as_words(self.store.codes("hash"))
 
 
 def as_words(codes: np.ndarray) -> np.ndarray:
@@ -244,25 +207,32 @@ def as_words(codes: np.ndarray) -> np.ndarray:
     return padded.view(np.uint64)
 
 
-def hamming_top(gallery: np.ndarray, queries: np.ndarray, limit: int, bits: int) -> Candidates:
-    """Exact top `limit` by Hamming distance, as (ids, -distance), nearest first.
+def hamming_top(
+    gallery: np.ndarray, queries: np.ndarray, limit: int, bits: int, dead: np.ndarray | None = None
+) -> Candidates:
+    """Exact top `limit` by Hamming distance, as (ids, -distance), nearest first; ids marked in
+    `dead` (deleted) are never taken, and a row runs short (-1) when too few are left.
 
     Distances take only bits+1 values, so the cut-off comes from a histogram instead of a
     sort: one pass over the gallery per query, then a sort of the `limit` survivors only.
     """
     nq = len(queries)
-    ids = np.empty((nq, limit), dtype=np.int64)
-    scores = np.empty((nq, limit), dtype=np.float32)
+    ids = np.full((nq, limit), -1, dtype=np.int64)
+    scores = np.full((nq, limit), -np.inf, dtype=np.float32)
     for q, word in enumerate(queries):
         dist = np.bitwise_count(gallery[:, 0] ^ word[0])
         for w in range(1, gallery.shape[1]):
             dist = dist + np.bitwise_count(gallery[:, w] ^ word[w])
-        cut = int(np.searchsorted(np.cumsum(np.bincount(dist, minlength=bits + 1)), limit))
+        if dead is not None:
+            dist = np.where(dead, bits + 1, dist)  # past every real distance: never taken
+        counts = np.cumsum(np.bincount(dist, minlength=bits + 2)[: bits + 1])
+        cut = min(int(np.searchsorted(counts, limit)), bits)
         near = np.flatnonzero(dist <= cut)
         below = near[dist[near] < cut]
         chosen = np.concatenate([below, near[dist[near] == cut][: limit - len(below)]])
         chosen = chosen[np.argsort(dist[chosen], kind="stable")]
-        ids[q], scores[q] = chosen, -dist[chosen].astype(np.float32)
+        ids[q, : len(chosen)] = chosen
+        scores[q, : len(chosen)] = -dist[chosen].astype(np.float32)
     return Candidates(ids, scores)
 
 
@@ -270,28 +240,24 @@ class QuantizedFilter(_GalleryStage):
     """Stage 2: asymmetric quantized inner product <query head, quantized item>, top Q.
 
     mode `adc`: look-up tables of the query against MEET's codebooks, summed over the items'
-    PQ codes (fetched once into `store` with `cache=True`, M bytes an item, or
-    fetched per batch). mode `milvus`: Milvus IVF_PQ search over the `head` vectors, filtered
-    to the survivors by a literal id list (one request per query), with Milvus's own codebooks.
+    PQ codes (M bytes an item, read from the store). mode `milvus`: Milvus IVF_PQ search over
+    the `head` vectors, filtered to the survivors by a literal id list (one request per query),
+    with Milvus's own codebooks.
     """
 
     name = "pq"
 
     def __init__(
         self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
+        store: GalleryReader,
         codebooks: np.ndarray | None = None,
         keep: Keep = PQ_KEEP["text"],
         mode: Literal["adc", "milvus"] = PQ_MODE,
-        cache: bool = True,
         nprobe: int | None = None,
-        store: dict | None = None,
-        tier: LocalTier | None = None,
         least: int = 1,
+        milvus: MilvusSide | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality, tier)
+        super().__init__(store, milvus)
         if mode not in ("adc", "milvus"):
             raise ParameterError(f"quantizer mode '{mode}': use 'adc' or 'milvus'")
         if mode == "adc":
@@ -305,44 +271,34 @@ class QuantizedFilter(_GalleryStage):
             self.codebooks = np.asarray(codebooks, dtype=np.float32)
         self.keep, self.least = keep, least
         self.mode = mode
-        self.cache = cache
-        if store is not None:
-            self.store = store
         self.nprobe = nprobe or self.meta.nlist
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
-        available = self.meta.rows if candidates is None else candidates.width
+        available = self._live() if candidates is None else candidates.width
         head = np.asarray(queries.head, dtype=np.float32)
         if self.mode == "milvus":
             limit = resolve_keep(self.keep, available, least=self.least)
             return self._milvus(head, candidates, limit)
         # No topk cap client-side.
-        limit = resolve_keep(self.keep, available, cap=available, least=self.least)
+        limit = resolve_keep(self.keep, available, cap=max(available, 1), least=self.least)
         lut = adc_tables(head, self.codebooks)  # (nq, M, 2**K)
         if candidates is None:
-            scores = adc_scores(lut, self.codes())  # every item: codes (rows, M)
+            codes = self.store.codes("codes")
+            scores = adc_scores(lut, codes)  # every item: (nq, rows)
+            dead = self.store.dead()
+            if dead is not None:
+                scores[:, dead] = -np.inf
             ids = np.broadcast_to(np.arange(scores.shape[1], dtype=np.int64), scores.shape)
+            ids = np.where(np.isfinite(scores), ids, -1)
             return Candidates.top(ids, scores, limit)
         ids = candidates.ids
-        scores = adc_scores(lut, self._codes_of(ids))  # codes (nq, n, M)
-        return Candidates.top(ids, scores, limit)
-
-    def codes(self) -> np.ndarray:
-        """Every item's PQ codes (rows, M) uint8, fetched once (ids are 0..rows-1)."""
-        return self._every("codes")
-
-    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
-        if self.cache or self.tier is not None:
-            return self.codes()[np.where(ids >= 0, ids, 0)]
-        got = self._gather(ids, ["codes"], row_bytes=8 * self.meta.M + 16)
-        return got["codes"].astype(np.uint8)
+        codes = self.store.codes("codes")[np.where(ids >= 0, ids, 0)]  # (nq, n, M)
+        return Candidates.top(ids, adc_scores(lut, codes), limit)
 
     def _milvus(self, head: np.ndarray, candidates: Candidates | None, limit: int) -> Candidates:
-        name, params = self._collection("head"), {"nprobe": self.nprobe}
+        side, params = self._side("mode 'milvus'"), {"nprobe": self.nprobe}
         if candidates is None:
-            ids, dist = milvus_arrays.search(
-                self.client, name, "head", head, limit, "IP", params, consistency=CONSISTENCY
-            )
+            ids, dist = side.search("head", head, limit, "IP", params)
             return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
         ids = np.full((len(head), limit), -1, dtype=np.int64)
         scores = np.full((len(head), limit), -np.inf, dtype=np.float32)
@@ -350,11 +306,8 @@ class QuantizedFilter(_GalleryStage):
             row = row[row >= 0]
             if not len(row):
                 continue
-            expr = f"id in [{','.join(map(str, row.tolist()))}]"
-            got, dist = milvus_arrays.search(
-                self.client, name, "head", head[q : q + 1], min(limit, len(row)), "IP", params,
-                expr=expr, consistency=CONSISTENCY,
-            )  # fmt: skip
+            got, dist = side.search("head", head[q : q + 1], min(limit, len(row)), "IP", params,
+                                    ids=row)  # fmt: skip
             ids[q, : got.shape[1]], scores[q, : got.shape[1]] = got[0], dist[0]
         return Candidates(ids, np.where(ids >= 0, scores, -np.inf).astype(np.float32))
 
@@ -362,51 +315,45 @@ class QuantizedFilter(_GalleryStage):
 class AnnFilter(_GalleryStage):
     """Stage 1 for large galleries: approximate dense similarity, top Q, from the local tier's
     ANN index (faiss: PCA to 256 dims, an IVF partition, RaBitQ sign codes with their
-    correction factors; ~48 B an item). `nprobe` lists are scanned; scores approximate the
-    dense inner product (unit vectors: 1 - |q - x|^2 / 2)."""
+    correction factors; ~48 B an item; deleted ids removed). `nprobe` lists are scanned; scores
+    approximate the dense inner product (unit vectors: 1 - |q - x|^2 / 2)."""
 
     name = "ann"
 
     def __init__(
-        self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
-        tier: LocalTier,
-        keep: int = ANN_KEEP,
-        nprobe: int | float = ANN_NPROBE,
+        self, store: LocalTier, keep: int = ANN_KEEP, nprobe: int | float = ANN_NPROBE
     ) -> None:
-        super().__init__(client, gallery, modality, tier)
-        if tier is None:
-            raise ParameterError("AnnFilter reads the gallery's local tier: give tier=")
+        if not hasattr(store, "ann_search"):
+            raise ParameterError("AnnFilter reads the gallery's local tier (tier='local')")
+        super().__init__(store)
         self.keep = keep
         self.nprobe = nprobe
 
     def lists(self) -> int:
         """IVF lists scanned: `nprobe` as a count or a fraction of the index's lists."""
-        nlist = int(self.tier.info["ann"]["nlist"])
+        nlist = self.store.ann_lists()
         return resolve_keep(self.nprobe, nlist, cap=nlist)
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is not None:
             raise ParameterError("AnnFilter searches the whole gallery: put it first")
-        limit = resolve_keep(self.keep, self.meta.rows, cap=self.meta.rows)
-        ids, scores = self.tier.ann_search(queries.dense, limit, self.lists())
+        live = self._live()
+        limit = resolve_keep(self.keep, max(live, 1), cap=max(live, 1))
+        ids, scores = self.store.ann_search(queries.dense, limit, self.lists())
         return Candidates(ids, scores)
 
 
 class ExactRescore(_GalleryStage):
     """Stage 3: exact dense similarity of the survivors, top k.
 
-    mode `local` (with a tier): the survivors' vectors are read from the tier's dense file (one
-    read each, shared within a batch) and scored in one matmul. In Milvus: mode `search`, a
-    search of the dense collection filtered to each query's survivors (`id in [...]`, one
-    request per query): only the top k travel back; mode `fetch`, the survivors' embeddings
-    fetched once for the whole batch, which wins when a batch's survivors overlap (a small
-    gallery). `auto` picks `local` with a tier, else by the measured costs: fetching a 1024-d
-    vector through a Milvus query costs about as much as filtering and scoring FETCH_COST ids
-    in a search (1M items: 73 vs 8.6 ms for 1024 survivors). As a first stage it is exact
-    brute-force search in Milvus (FLAT index, inner product).
+    mode `read`: the survivors' vectors are read from the store (one read each, shared within
+    a batch) and scored in one matmul. mode `search`: a Milvus search of the dense collection
+    filtered to each query's survivors (`id in [...]`, one request per query): only the top k
+    travel back. `auto`: `read` from the local tier; from Milvus, `read` when a batch's
+    survivors overlap (a small gallery), else `search`, by the measured costs: fetching a
+    1024-d vector through a Milvus query costs about as much as filtering and scoring
+    FETCH_COST ids in a search (1M items: 73 vs 8.6 ms for 1024 survivors). As a first stage it
+    is exact brute-force search in Milvus (FLAT index, inner product).
     """
 
     name = "dense"
@@ -414,33 +361,24 @@ class ExactRescore(_GalleryStage):
 
     def __init__(
         self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
+        store: GalleryReader,
         keep: Keep = EXACT_KEEP,
-        mode: Literal["auto", "local", "search", "fetch"] = "auto",
-        tier: LocalTier | None = None,
+        mode: Literal["auto", "read", "search"] = "auto",
+        milvus: MilvusSide | None = None,
     ) -> None:
-        super().__init__(client, gallery, modality, tier)
-        if mode not in ("auto", "local", "search", "fetch"):
-            raise ParameterError(
-                f"exact stage mode '{mode}': use 'auto', 'local', 'search' or 'fetch'"
-            )
-        if mode == "local" and tier is None:
-            raise ParameterError(
-                "exact stage mode 'local' reads the gallery's local tier: give tier="
-            )
+        super().__init__(store, milvus)
+        if mode not in ("auto", "read", "search"):
+            raise ParameterError(f"exact stage mode '{mode}': use 'auto', 'read' or 'search'")
         self.keep = keep
         self.mode = mode
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         dense = np.asarray(queries.dense, dtype=np.float32)
         if candidates is None:
-            limit = resolve_keep(self.keep, self.meta.rows)
-            ids, dist = milvus_arrays.search(
-                self.client, self._collection("dense"), "dense", dense, limit, "IP",
-                consistency=CONSISTENCY,
-            )  # fmt: skip
+            limit = resolve_keep(self.keep, max(self._live(), 1))
+            ids, dist = self._side("the exact stage as a first stage").search(
+                "dense", dense, limit, "IP"
+            )
             return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
         limit = resolve_keep(self.keep, candidates.width)
         ids = candidates.ids
@@ -450,41 +388,31 @@ class ExactRescore(_GalleryStage):
         unique, inverse = np.unique(np.where(valid, ids, ids.max()), return_inverse=True)
         mode = self.mode
         if mode == "auto":
-            if self.tier is not None:
-                mode = "local"
-            else:
-                mode = "fetch" if len(unique) * self.FETCH_COST < valid.sum() else "search"
+            remote = getattr(self.store, "remote", False)
+            overlap = len(unique) * self.FETCH_COST < valid.sum()
+            mode = "search" if remote and not overlap else "read"
         if mode == "search":
             return self._search(dense, ids, limit)
-        if mode == "local":
-            vectors = self.tier.dense(unique)
-            if len(unique) * len(ids) > 4 * valid.sum():
-                # Little overlap between the queries' survivors (a large gallery): score each
-                # query against its own survivors only, not against every query's.
-                own = vectors[inverse.reshape(ids.shape)]  # (nq, n, D)
-                scores = np.einsum("qnd,qd->qn", own, dense)
-                return Candidates.top(ids, scores, limit)
-        else:
-            vectors = milvus_arrays.fetch(
-                self.client, self._collection("dense"), unique, ["dense"],
-                4 * self.meta.embed_dim + 16, CONSISTENCY,
-            )["dense"]  # fmt: skip
-        sims = dense @ np.asarray(vectors, np.float32).T  # (nq, unique)
+        vectors = np.asarray(self.store.dense(unique), np.float32)
+        if len(unique) * len(ids) > 4 * valid.sum():
+            # Little overlap between the queries' survivors (a large gallery): score each
+            # query against its own survivors only, not against every query's.
+            own = vectors[inverse.reshape(ids.shape)]  # (nq, n, D)
+            return Candidates.top(ids, np.einsum("qnd,qd->qn", own, dense), limit)
+        sims = dense @ vectors.T  # (nq, unique)
         scores = np.take_along_axis(sims, inverse.reshape(ids.shape), axis=1)
         return Candidates.top(ids, scores, limit)
 
     def _search(self, dense: np.ndarray, ids: np.ndarray, limit: int) -> Candidates:
+        side = self._side("mode 'search'")
         out_ids = np.full((len(ids), limit), -1, dtype=np.int64)
         out_scores = np.full((len(ids), limit), -np.inf, dtype=np.float32)
-        name = self._collection("dense")
         for q, row in enumerate(ids):
             row = row[row >= 0]
             if not len(row):
                 continue
-            got, dist = milvus_arrays.search(
-                self.client, name, "dense", dense[q : q + 1], min(limit, len(row)), "IP",
-                expr=f"id in [{','.join(map(str, row.tolist()))}]", consistency=CONSISTENCY,
-            )  # fmt: skip
+            got, dist = side.search("dense", dense[q : q + 1], min(limit, len(row)), "IP",
+                                    ids=row)  # fmt: skip
             n = got.shape[1]
             out_ids[q, :n], out_scores[q, :n] = got[0], np.where(got[0] >= 0, dist[0], -np.inf)
         return Candidates(out_ids, out_scores)
@@ -495,15 +423,8 @@ class Rerank(_GalleryStage):
 
     name = "rerank"
 
-    def __init__(
-        self,
-        client: MilvusClient,
-        gallery: Gallery,
-        modality: Modality,
-        reranker: Reranker | None = None,
-        tier: LocalTier | None = None,
-    ) -> None:
-        super().__init__(client, gallery, modality, tier)
+    def __init__(self, store: GalleryReader, reranker: Reranker | None = None) -> None:
+        super().__init__(store)
         self.reranker = reranker or Reranker()
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
@@ -519,8 +440,7 @@ class Rerank(_GalleryStage):
         similarity, and their embeddings and neighbour statistics (nq, z, ...)."""
         z = min(z, candidates.width)
         top = candidates.ids[:, :z]
-        row_bytes = 4 * (self.meta.embed_dim + self.meta.neighbours) + 32
-        got = self._gather(top, ["dense", "neighbours"], row_bytes)
+        got = self._gather(top, ["dense", "neighbours"])
         # Similarities from the embeddings themselves, whatever scored the previous stage.
         sims = np.einsum("qzd,qd->qz", got["dense"], np.asarray(queries.dense, np.float32))
         sims = np.where(top >= 0, sims, -np.inf)

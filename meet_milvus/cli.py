@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.commands import data, retrieval, serve, server
+from meet_milvus.commands import data, gallery, retrieval, serve, server
 from meet_milvus.context import Context
 from meet_milvus.errors import MeetError
 
@@ -29,7 +29,7 @@ def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
 
 cli.add_command(server.server)
 cli.add_command(data.data)
-for command in retrieval.COMMANDS:
+for command in (*retrieval.COMMANDS, *gallery.COMMANDS):
     cli.add_command(command)
 cli.add_command(serve.serve)
 

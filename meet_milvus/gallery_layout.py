@@ -9,7 +9,9 @@ modality has one primary key (its position in the source split) and these fields
     dense       FLOAT_VECTOR(D)     l2-normalised embedding             FLAT, IP (exact)
     source      VARCHAR             image path or caption text
     external_id VARCHAR             the item's name outside Milvus
-    image       INT64               the image an item shows (captions: their image's id)
+    digest      VARCHAR             the item's content hash (`meet-milvus index`: re-encode a
+                                    changed file); empty for a data split's rows
+    image       INT64               the image an item shows (captions: their image's id; -1: none)
     neighbours  ARRAY<FLOAT>(k)     the item's top-k similarities to the other modality,
                                     descending (the complementarity re-ranker's statistics)
 
@@ -17,7 +19,10 @@ Milvus 2.3 allows one vector field per collection, so the `split` layout gives e
 own collection sharing the primary key (`coco_image_hash`, `coco_image_pq`, `coco_image_dense`,
 with the scalars beside `dense`); Milvus 2.4+ takes all fields in one collection per modality
 (`multi` layout: `coco_image`). Every collection's description holds the gallery's metadata
-(model fingerprint, code parameters, source, index family) as JSON.
+(model fingerprint, code parameters, source, index family) as JSON; how the gallery changed
+since (items added and deleted, its generation) is in its change log (meet_milvus.gallery_log).
+Item ids are given out in order and never reused while in use: `rows` below is the number a
+load wrote, not the number a gallery holds now.
 
 Index family (`GalleryMeta.indexes`), by what the server accepts: `ivf` (BIN_IVF_FLAT on
 `hash`, IVF_PQ on `head`) on a Milvus server; `flat` (BIN_FLAT, FLAT: exact) on Milvus Lite, a
@@ -54,8 +59,9 @@ IndexFamily = Literal["ivf", "flat"]
 # request; it is Milvus 2.4+ inside (one collection takes several vector fields).
 MILVUS_LITE = "milvus-lite"
 MODALITIES: tuple[Modality, Modality] = ("image", "text")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `digest` field (galleries of format 1 are read, not changed)
 SOURCE_MAX = 4096  # bytes of `source` / `external_id` kept (VARCHAR max_length)
+DIGEST_MAX = 64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
 
 # field -> stage collection suffix in the split layout
@@ -66,6 +72,7 @@ _SPLIT = {
     "dense": "dense",
     "source": "dense",
     "external_id": "dense",
+    "digest": "dense",
     "image": "dense",
     "neighbours": "dense",
 }
@@ -86,7 +93,7 @@ class GalleryMeta(BaseModel):
     K: int
     embed_dim: int
     neighbours: int  # k of the stored reverse-neighbour statistics
-    rows: int  # items of this modality in the source
+    rows: int  # items of this modality the load wrote (0 for a gallery `index` started)
     nlist: int  # IVF lists of the hash and PQ indexes
     indexes: IndexFamily = "ivf"  # `flat` on Milvus Lite; galleries from before it: ivf
     source: str  # data set and split, e.g. "demo/test"
@@ -141,9 +148,15 @@ class Layout:
         names = [self.collection(gallery, modality, f) for f in ("dense", "hash", "head")]
         return list(dict.fromkeys(names))
 
-    def fields(self, gallery: str, modality: Modality, collection: str) -> list[str]:
-        """The non-key fields that `collection` holds."""
-        return [f for f in _SPLIT if self.collection(gallery, modality, f) == collection]
+    def fields(
+        self, gallery: str, modality: Modality, collection: str, version: int = FORMAT_VERSION
+    ) -> list[str]:
+        """The non-key fields that `collection` holds (in a gallery of format `version`)."""
+        return [
+            f for f in _SPLIT
+            if self.collection(gallery, modality, f) == collection
+            and (f != "digest" or version >= 2)
+        ]  # fmt: skip
 
 
 def schema(meta: GalleryMeta, fields: list[str]) -> CollectionSchema:
@@ -168,6 +181,8 @@ def schema(meta: GalleryMeta, fields: list[str]) -> CollectionSchema:
             s.add_field(name, DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=cap)
         elif name in ("source", "external_id"):
             s.add_field(name, DataType.VARCHAR, max_length=SOURCE_MAX)
+        elif name == "digest":
+            s.add_field(name, DataType.VARCHAR, max_length=DIGEST_MAX)
         elif name == "image":
             s.add_field(name, DataType.INT64)
     return s
@@ -206,7 +221,7 @@ def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
     layout = Layout(meta.layout)
     names = layout.collections(meta.gallery, meta.modality)
     for name in names:
-        fields = layout.fields(meta.gallery, meta.modality, name)
+        fields = layout.fields(meta.gallery, meta.modality, name, meta.meet_milvus)
         if not client.has_collection(name):
             client.create_collection(
                 name, schema=schema(meta, fields), consistency_level="Bounded"
@@ -270,15 +285,21 @@ class Gallery:
         each(client.release_collection, self.collections())
         self.loaded.clear()
 
-    def check_rows(self, client: MilvusClient) -> None:
+    def check_rows(
+        self, client: MilvusClient, live: dict[str, int] | None = None
+    ) -> None:
         """Refuse a gallery whose collections do not hold the rows its metadata records (a
         server crash before a flush loses rows; an interrupted repair may store some twice).
-        Milvus's row statistics count every stored row and need no collection loaded."""
+        Milvus's row statistics count every stored row and need no collection loaded.
+
+        `live`: the items each modality holds after adds and deletes (its change log): Milvus
+        counts a deleted row until compaction, so then the statistics must reach `live`.
+        """
         for modality in MODALITIES:
-            expected = self.meta[modality].rows
+            expected = self.meta[modality].rows if live is None else live[modality]
             for name in self.layout.collections(self.name, modality):
                 held = int(client.get_collection_stats(name)["row_count"])
-                if held != expected:
+                if held != expected if live is None else held < expected:
                     raise GalleryMismatchError(
                         f"collection '{self.name}': {name} holds {held} rows, the gallery "
                         f"has {expected} (a server crash during a load?); run `meet-milvus "
@@ -350,14 +371,18 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
     return Gallery(gallery, layout, meta)
 
 
+def side_collections(gallery: str) -> list[str]:
+    """The gallery's collections beside its modalities': the change log, the reference pool."""
+    return [f"{gallery}_log", f"{gallery}_pool"]
+
+
 def drop(client: MilvusClient, gallery: str) -> list[str]:
-    """Drop every collection of a gallery (both layouts); the names dropped."""
+    """Drop every collection of a gallery (both layouts, log and pool); the names dropped."""
+    names = [n for kind in ("split", "multi") for m in MODALITIES
+             for n in Layout(kind).collections(gallery, m)]  # fmt: skip
     dropped = []
-    for kind in ("split", "multi"):
-        layout = Layout(kind)
-        for modality in MODALITIES:
-            for name in layout.collections(gallery, modality):
-                if client.has_collection(name):
-                    client.drop_collection(name)
-                    dropped.append(name)
+    for name in [*names, *side_collections(gallery)]:
+        if client.has_collection(name):
+            client.drop_collection(name)
+            dropped.append(name)
     return dropped

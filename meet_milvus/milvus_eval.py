@@ -157,7 +157,7 @@ def tune_rerank(
     for direction, gallery in DIRECTIONS.items():
         encoded = queries[direction]
         cascade = searcher.cascade(gallery, k=DEPTH, config=config)
-        stage = Rerank(searcher.client, searcher.gallery, gallery)
+        stage = Rerank(searcher.store(gallery))
         parts = []
         for lo in range(0, len(encoded), batch):
             q = encoded[lo : lo + batch]

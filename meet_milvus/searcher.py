@@ -20,9 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meet_milvus import cascade as stages_
-from meet_milvus import milvus_arrays
 from meet_milvus.cascade import (
-    CONSISTENCY,
     AnnFilter,
     Candidates,
     Cascade,
@@ -40,15 +38,17 @@ from meet_milvus.errors import (
     ParameterError,
     ServerUnavailableError,
 )
-from meet_milvus.gallery_layout import Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_log import GalleryState, gallery_state
 from meet_milvus.inputs import check_text, is_file
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
+from meet_milvus.reader import GalleryReader, MilvusReader, MilvusSide, TierSync, open_tier
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
 from meet_milvus.server import connect, describe
-from meet_milvus.tier import LocalTier, open_tier
+from meet_milvus.tier import LocalTier, rebuild_ann
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
@@ -180,23 +180,48 @@ class MeetSearcher:
         self.gallery: Gallery = open_gallery(
             self.client, collection, fingerprint=self.model.config.fingerprint
         )
-        self.gallery.check_rows(self.client)
-        # Server-side mode: the gallery's codes, fetched once by the client-side stages.
-        self._store: dict = {}
-        self._tiers: dict[str, LocalTier] = {}
+        self.state: GalleryState = gallery_state(self.client, self.gallery)
+        changed = self.state.generation > len(MODALITIES) or any(self.state.deleted.values())
+        live = {m: self.state.live(m) for m in MODALITIES} if changed else None
+        self.gallery.check_rows(self.client, live)
+        self._stores: dict[str, TierSync | MilvusReader] = {}
         # One encoding at a time: the model flips eval/train state around a call, and torch
         # already spreads one call over every core (concurrent calls only oversubscribe them).
         self._model_lock = threading.Lock()
         self._lost = False  # Milvus stopped answering: the next call reconnects first
 
+    def store(self, gallery: Modality) -> GalleryReader:
+        """What the stages read one modality through, up to date with the gallery's changes:
+        its local tier (built from Milvus when missing or stale) or, in the server-side mode,
+        the Milvus collections."""
+        if gallery not in self._stores:
+            if self.config.tier == "local":
+                tier = open_tier(self.client, self.gallery, gallery, self.settings,
+                                 state=self.state)  # fmt: skip
+                self._stores[gallery] = TierSync(self.client, self.gallery, tier)
+            else:
+                side = MilvusSide(self.client, self.gallery, gallery)
+                self._stores[gallery] = MilvusReader(side, self.state)
+        found = self._stores[gallery]
+        if isinstance(found, TierSync):
+            return found()
+        found.refresh()
+        return found
+
+    def _ann_ready(self, gallery: Modality) -> None:
+        """A tier without an ANN index (a gallery that started empty) gets one now; one the
+        gallery outgrew is trained again in the background."""
+        sync = self._stores[gallery]
+        if isinstance(sync, TierSync):
+            if sync.tier.info.get("ann") is None:
+                rebuild_ann(sync.tier.path)
+                sync.tier.refresh()
+            sync.rebuild_if_stale()
+
     def tier(self, gallery: Modality) -> LocalTier | None:
-        """The local tier of one modality (built from Milvus when missing or stale); None in
-        the server-side mode."""
-        if self.config.tier != "local":
-            return None
-        if gallery not in self._tiers:
-            self._tiers[gallery] = open_tier(self.client, self.gallery, gallery, self.settings)
-        return self._tiers[gallery]
+        """The local tier of one modality; None in the server-side mode."""
+        store = self.store(gallery)
+        return store if isinstance(store, LocalTier) else None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -265,30 +290,29 @@ class MeetSearcher:
     ) -> Cascade:
         """The stages that answer queries against one modality of the gallery, for top k, with
         the searcher's config or `config` (e.g. one stage switched off, for an evaluation)."""
-        c, g, cfg = self.client, self.gallery, config or self.config
-        tier = self.tier(gallery)
+        cfg = config or self.config
+        store = self.store(gallery)
+        side = MilvusSide(self.client, self.gallery, gallery)
         stages: list[Stage] = []
-        if cfg.first_filter(g.rows(gallery)) == "ann":
-            stages.append(
-                AnnFilter(c, g, gallery, tier, max(cfg.ann_keep, cfg.exact_keep, k),
-                          cfg.ann_nprobe)
-            )  # fmt: skip
+        if cfg.first_filter(store.rows) == "ann":
+            self._ann_ready(gallery)
+            stages.append(AnnFilter(store, max(cfg.ann_keep, cfg.exact_keep, k), cfg.ann_nprobe))
         else:
             if cfg.hash:
                 stages.append(
-                    HammingFilter(c, g, gallery, cfg.keep("hash", gallery), cfg.nprobe,
-                                  mode=cfg.hash_mode, store=self._store, tier=tier, least=k)
+                    HammingFilter(store, cfg.keep("hash", gallery), cfg.nprobe, cfg.hash_mode,
+                                  least=k, milvus=side)
                 )  # fmt: skip
             if cfg.pq:
                 stages.append(
-                    QuantizedFilter(c, g, gallery, self.model.codebooks_for(gallery),
-                                    cfg.keep("pq", gallery), mode=cfg.pq_mode, nprobe=cfg.nprobe,
-                                    store=self._store, tier=tier, least=k)
+                    QuantizedFilter(store, self.model.codebooks_for(gallery),
+                                    cfg.keep("pq", gallery), cfg.pq_mode, cfg.nprobe, least=k,
+                                    milvus=side)
                 )  # fmt: skip
         if cfg.exact or not stages:
-            stages.append(ExactRescore(c, g, gallery, max(cfg.exact_keep, k), tier=tier))
+            stages.append(ExactRescore(store, max(cfg.exact_keep, k), milvus=side))
         if cfg.rerank:
-            stages.append(Rerank(c, g, gallery, cfg.reranker(gallery), tier=tier))
+            stages.append(Rerank(store, cfg.reranker(gallery)))
         return Cascade(stages)
 
     def run(
@@ -302,7 +326,7 @@ class MeetSearcher:
             cascade, hits = self.cascade(gallery, k), []
             # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery
             # wide.
-            step = max(1, QUERY_CELLS // self.gallery.meta[gallery].rows)
+            step = max(1, QUERY_CELLS // max(1, cascade.stages[0].store.rows))
             for lo in range(0, len(queries), step):
                 traces = cascade.trace(queries[lo : lo + step])
                 final = traces[-1].candidates.head(k)
@@ -329,6 +353,7 @@ class MeetSearcher:
                 time.sleep(pause)
                 pause *= 2
         self.gallery.loaded.clear()  # a restarted server loads collections on first use again
+        self._stores.clear()  # they hold the old connection
         self._lost = False
 
     # -- internals ----------------------------------------------------------------------------
@@ -347,16 +372,9 @@ class MeetSearcher:
         self, final: Candidates, gallery: Modality, traces: list[StageTrace] | None
     ) -> list[list[Hit]]:
         ids = final.ids[final.ids >= 0]
-        tier = self.tier(gallery)
-        if tier is not None:
-            rows = {f: tier.text(f, ids) for f in ("source", "external_id")}
-            rows["image"] = tier.image(ids)
-        else:
-            name = self.gallery.collection(gallery, "source")
-            self.gallery.ensure_loaded(self.client, name)
-            rows = milvus_arrays.fetch(
-                self.client, name, ids, ["source", "external_id", "image"], 8192, CONSISTENCY
-            )
+        store = self.store(gallery)
+        rows = {f: store.text(f, ids) for f in ("source", "external_id")}
+        rows["image"] = store.image(ids)
         info = {
             int(i): (s, e, int(im))
             for i, s, e, im in zip(

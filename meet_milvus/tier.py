@@ -1,51 +1,71 @@
 """The client's local tier of a gallery: what the cascade reads, derived from Milvus.
 
 Milvus stays the source of truth; a `LocalTier` is a copy of one gallery modality under the data
-dir, written by the loader from the rows it inserted or built from the Milvus collections
-(`open_tier`), and rebuilt when it no longer matches them (another model, row count or source).
-It keeps in RAM only the compact codes the filter stages scan, and reads the rest from disk per
-survivor, so the dense collection need not sit in Milvus memory while the gallery is searched:
+dir, written by the loader and the gallery writer from the rows they insert, or built from the
+Milvus collections (`meet_milvus.reader.open_tier`). It keeps in RAM only the compact codes the
+filter stages scan, and reads the rest from disk per survivor, so the dense collection need not
+sit in Milvus memory while the gallery is searched:
 
     in RAM   hash codes (H/8 B an item), MEET PQ codes (M B), the ANN index (an IVF over
              RaBitQ codes of a PCA-reduced dense vector, ~48 B): each loaded when a stage asks
-    on disk  dense vectors (float32), re-ranking statistics, sources, external ids, image ids:
-             read with pread, so they live in the OS page cache, not in the process
+    on disk  dense vectors (float32), re-ranking statistics, sources, external ids, digests,
+             image ids: read with pread, so they live in the OS page cache, not in the process
 
-Files sit in `{data_dir}/tiers/{server}/{gallery}/{modality}/`, written to a temporary folder and
-renamed into place, so a crash never leaves a half-built tier behind.
+A gallery grows and shrinks: item ids are given out in order and never reused, so the tier is a
+list of **segments**, each the rows of one id range (`seg-LO/`, written once, then only read),
+plus a **tombstone** file of the deleted ids, and `tier.json`, the manifest naming them and the
+gallery generation they reflect. Every file is written under a temporary name and renamed;
+`tier.json` last, so a reader sees the old tier or the new one, never a half-written segment.
+A reader notices a new manifest by a stat of `tier.json` (`refresh`) and reads only what is new.
+Writers take a lock file beside the tier (`.MODALITY.lock`), so two processes never append the
+same segment.
+
+The ANN index is built over the rows of its time (`ann-G.faiss`); later rows are added to each
+reader's copy in RAM (faiss `add_with_ids`) and deleted ones removed (`remove_ids`), and a new
+index (PCA and centroids trained again) replaces the file once the gallery has grown by
+ANN_REBUILD_GROWTH since it was built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
 
-from meet_milvus import milvus_arrays
 from meet_milvus.config import Settings
 from meet_milvus.errors import GalleryMismatchError
-from meet_milvus.gallery_layout import Gallery, GalleryMeta, Modality, load_all
+from meet_milvus.gallery_layout import GalleryMeta, Modality
 
-if TYPE_CHECKING:
-    from pymilvus import MilvusClient
-
-TIER_FORMAT = 1
-# Rows fetched from Milvus per request while building (a 1024-d float32 row is 4 KB).
-FETCH_ROWS = 8192
+TIER_FORMAT = 2
 ANN_PCA_DIM = 256  # dims kept before RaBitQ: 32 B of sign bits an item
 ANN_TRAIN_MAX = 200_000  # items that train the PCA and the IVF centroids
+# The ANN index is trained again once the gallery has grown by this fraction of the rows it
+# was trained on (benchmarks/bench_incremental.py: recall holds within 0.01 up to 1.5x growth
+# with centroids kept, so a rebuild at +50% costs nothing measurable in between).
+ANN_REBUILD_GROWTH = 0.5
 READ_THREADS = 8  # concurrent preads of one batch of rows (a cold disk serves them in parallel)
 PARALLEL_READS = 64  # fewer rows than this are read in the calling thread
 READ_POOL = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="meet-tier-read")
+OLD_FILES_S = 300  # unreferenced files older than this are removed (a reader may still open one)
+
+Chunk = dict[str, Any]  # field -> values of consecutive rows (arrays; lists of strings)
+TEXT_FIELDS = ("source", "external_id", "digest")
+TIER_FIELDS = ("hash", "codes", "dense", "neighbours", "image", *TEXT_FIELDS)
+_FILES = {"hash": "hash.u8", "codes": "codes.u8", "dense": "dense.f32",
+          "neighbours": "neighbours.f32", "image": "image.i64"}  # fmt: skip
+_DTYPES = {"hash": np.uint8, "codes": np.uint8, "image": np.int64}
 
 
 def ann_nlist(rows: int) -> int:
@@ -64,34 +84,170 @@ def tier_dir(settings: Settings, gallery: str, modality: Modality) -> Path:
     return settings.data_dir / "tiers" / server / gallery / modality
 
 
+def _widths(meta: GalleryMeta) -> dict[str, int]:
+    return {"hash": meta.H // 8, "codes": meta.M, "dense": meta.embed_dim,
+            "neighbours": meta.neighbours, "image": 1}  # fmt: skip
+
+
+class _Segment:
+    """The rows lo..hi-1 of a tier: one folder, its files opened on first read."""
+
+    def __init__(self, path: Path, lo: int, hi: int) -> None:
+        self.path, self.lo, self.hi = path, lo, hi
+        self._fds: dict[str, int] = {}
+
+    def fd(self, name: str) -> int:
+        if name not in self._fds:
+            self._fds[name] = os.open(self.path / name, os.O_RDONLY)
+        return self._fds[name]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 class LocalTier:
-    """One gallery modality's local tier (see the module docstring). Open it with `open_tier`."""
+    """One gallery modality's local tier (see the module docstring); open it with `read_tier`
+    (files alone) or `meet_milvus.reader.open_tier` (checked against Milvus).
+
+    It is one of the two `GalleryReader`s the cascade stages read (meet_milvus.reader).
+    """
+
+    remote = False  # reads come from this machine's disk
 
     def __init__(self, path: Path, meta: GalleryMeta, info: dict[str, Any]) -> None:
         self.path = Path(path)
         self.meta = meta
-        self.info = info
+        self.info: dict[str, Any] = {}
+        self._segments: list[_Segment] = []
+        self._starts = np.zeros(0, np.int64)
         self._ram: dict[str, Any] = {}
-        self._fds: dict[str, int] = {}
+        self._dead: np.ndarray | None = None
+        self._ann_dead = 0  # tombstones already removed from the in-RAM ANN index
+        self._stamp: tuple = ()
+        self._apply(info)
+
+    # -- the manifest -----------------------------------------------------------------------
 
     @property
     def rows(self) -> int:
-        return self.meta.rows
+        """Ids are 0..rows-1 (deleted ones included: see `dead`)."""
+        return int(self.info["rows"])
+
+    @property
+    def live(self) -> int:
+        return self.rows - (0 if self._dead is None else int(self._dead.sum()))
+
+    @property
+    def generation(self) -> int:
+        return int(self.info["generation"])
+
+    def refresh(self) -> bool:
+        """Take up a manifest another process wrote since (one stat when nothing changed):
+        new segments' codes are appended in RAM, new tombstones applied. True if it changed."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp or not stamp:
+            return False
+        info = read_info(self.path)
+        if info.get("build") != self.info.get("build"):  # rebuilt whole: start again
+            self.close()
+            self.__init__(self.path, GalleryMeta.model_validate(info["gallery"]), info)
+        else:
+            self._apply(info)
+        return True
+
+    def _apply(self, info: dict[str, Any]) -> None:
+        known = {s.lo for s in self._segments}
+        for seg in info["segments"]:
+            if seg["lo"] not in known:
+                self._segments.append(_Segment(self.path / seg["name"], seg["lo"], seg["hi"]))
+        self._segments.sort(key=lambda s: s.lo)
+        self._starts = np.asarray([s.lo for s in self._segments], dtype=np.int64)
+        old_rows = int(self.info.get("rows", 0))
+        self.info = info
+        for field in [f for f in ("hash", "codes") if f in self._ram]:
+            if self.rows > old_rows:  # codes of the new rows only
+                new = self._read_range(field, old_rows, self.rows)
+                self._ram[field] = np.concatenate([self._ram[field], new])
+        dead = info.get("deleted")
+        self._dead = None
+        if dead:
+            ids = np.fromfile(self.path / dead["file"], np.int64)
+            self._dead = np.zeros(self.rows, dtype=bool)
+            self._dead[ids[ids < self.rows]] = True
+        if "ann" in self._ram and self._ram["ann_file"] != (info.get("ann") or {}).get("file"):
+            for key in ("ann", "ann_file", "ann_rows"):  # rebuilt: read the new one when asked
+                self._ram.pop(key)
+        if "ann" in self._ram:
+            self._ann_catch_up()
+        self._stamp = _stamp(self.path) or self._stamp
 
     # -- in RAM: the filter stages' codes ------------------------------------------------------
 
     def codes(self, field: str) -> np.ndarray:
-        """`hash` (rows, H/8) or `codes` (rows, M) as uint8, read into RAM once."""
+        """`hash` (rows, H/8) or `codes` (rows, M) as uint8 of every id, read into RAM once."""
         if field not in self._ram:
-            width = self.meta.H // 8 if field == "hash" else self.meta.M
-            self._ram[field] = np.fromfile(self.path / f"{field}.u8", np.uint8).reshape(-1, width)
+            self._ram[field] = self._read_range(field, 0, self.rows)
         return self._ram[field]
 
+    def dead(self) -> np.ndarray | None:
+        """(rows,) bool, True for a deleted id; None when nothing was deleted."""
+        return self._dead
+
+    def _read_range(self, field: str, lo: int, hi: int) -> np.ndarray:
+        width = _widths(self.meta)[field]
+        parts = [np.zeros((0, width), np.uint8)]
+        for seg in self._segments:
+            if seg.hi <= lo or seg.lo >= hi:
+                continue
+            a, b = max(lo, seg.lo) - seg.lo, min(hi, seg.hi) - seg.lo
+            raw = np.fromfile(seg.path / _FILES[field], np.uint8, (b - a) * width, offset=a * width)
+            parts.append(raw.reshape(-1, width))
+        out = np.concatenate(parts)
+        if len(out) != hi - lo:
+            raise GalleryMismatchError(f"gallery tier {self.path}: {field} truncated (rebuild it)")
+        return out
+
     def ann(self) -> faiss.Index:
-        """The IVF-RaBitQ index over the PCA-reduced dense vectors, read into RAM once."""
+        """The IVF-RaBitQ index over the PCA-reduced dense vectors, read into RAM once, with
+        the rows added since it was built and without the deleted ones."""
         if "ann" not in self._ram:
-            self._ram["ann"] = faiss.read_index(str(self.path / "ann.faiss"))
+            entry = self.info.get("ann")
+            if not entry:
+                raise GalleryMismatchError(
+                    f"gallery tier {self.path}: no ANN index (the gallery was empty when built)"
+                )
+            self._ram["ann"] = faiss.read_index(str(self.path / entry["file"]))
+            self._ram["ann_file"] = entry["file"]
+            self._ram["ann_rows"] = int(entry["covers"])
+            self._ann_dead = 0
+            self._ann_catch_up()
         return self._ram["ann"]
+
+    def _ann_catch_up(self) -> None:
+        index, covered = self._ram["ann"], self._ram["ann_rows"]
+        if self.rows > covered:
+            ids = np.arange(covered, self.rows, dtype=np.int64)
+            for lo in range(0, len(ids), 65536):
+                part = ids[lo : lo + 65536]
+                index.add_with_ids(self.dense(part), part)
+            self._ram["ann_rows"] = self.rows
+        dead = np.flatnonzero(self._dead) if self._dead is not None else np.zeros(0, np.int64)
+        if len(dead) > self._ann_dead:
+            index.remove_ids(faiss.IDSelectorBatch(dead.astype(np.int64)))
+            self._ann_dead = len(dead)
+
+    def ann_lists(self) -> int:
+        """IVF lists of the ANN index in use."""
+        return int(faiss.extract_index_ivf(self.ann()).nlist)
+
+    def ann_stale(self) -> bool:
+        """The gallery grew by ANN_REBUILD_GROWTH since the ANN index was trained."""
+        entry = self.info.get("ann")
+        if not entry:
+            return self.live > 0
+        return self.rows - entry["covers"] > ANN_REBUILD_GROWTH * max(entry["trained_rows"], 1)
 
     def ann_search(self, dense: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top k by the ANN index, scanning `nprobe` lists: ids (nq, k), -1 where short, and
@@ -108,65 +264,80 @@ class LocalTier:
 
     def dense(self, ids: np.ndarray) -> np.ndarray:
         """Dense vectors (len(ids), D) float32 of gallery ids (any order, repeats allowed)."""
-        return self._rows("dense.f32", ids, self.meta.embed_dim, np.float32)
+        return self._rows("dense", ids, self.meta.embed_dim, np.float32)
 
     def neighbours(self, ids: np.ndarray) -> np.ndarray:
         """Re-ranking statistics (len(ids), k) float32: each item's top-k similarities."""
-        return self._rows("neighbours.f32", ids, self.meta.neighbours, np.float32)
+        return self._rows("neighbours", ids, self.meta.neighbours, np.float32)
 
     def image(self, ids: np.ndarray) -> np.ndarray:
-        """The image each item shows (its own id for images), int64."""
-        return self._rows("image.i64", ids, 1, np.int64).reshape(-1)
+        """The image each item shows (its own id for images; -1: none), int64."""
+        return self._rows("image", ids, 1, np.int64).reshape(-1)
 
     def text(self, field: str, ids: np.ndarray) -> list[str]:
-        """`source` or `external_id` of each id."""
-        offsets = self._rows(f"{field}.off", ids, 2, np.int64, stride=1)
-        fd = self._fd(f"{field}.txt")
-        return [os.pread(fd, int(b - a), int(a)).decode("utf-8") for a, b in offsets]
+        """`source`, `external_id` or `digest` of each id."""
+        ids = self._check(ids)
+        out = []
+        for i, seg in zip(ids, self._segment_of(ids), strict=True):
+            s = self._segments[seg]
+            a, b = np.frombuffer(os.pread(s.fd(f"{field}.off"), 16, 8 * int(i - s.lo)), np.int64)
+            out.append(os.pread(s.fd(f"{field}.txt"), int(b - a), int(a)).decode("utf-8"))
+        return out
 
-    def _rows(
-        self, name: str, ids: np.ndarray, width: int, dtype: type, stride: int | None = None
-    ) -> np.ndarray:
-        """Rows `ids` of a (rows, width) file; `stride` (in items) between consecutive rows
-        when it differs from `width` (the offsets file: row i is entries i and i+1)."""
+    def _check(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.rows):
             raise GalleryMismatchError(f"gallery tier {self.path}: ids outside 0..{self.rows - 1}")
-        itemsize = np.dtype(dtype).itemsize
-        size, step = width * itemsize, (stride or width) * itemsize
-        fd = self._fd(name)
+        return ids
+
+    def _segment_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._starts, ids, side="right") - 1
+
+    def _rows(self, field: str, ids: np.ndarray, width: int, dtype: type) -> np.ndarray:
+        """Rows `ids` of a (rows, width) field, each read from its segment's file."""
+        ids = self._check(ids)
+        size = width * np.dtype(dtype).itemsize
         out = np.empty((len(ids), width), dtype=dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        jobs = [(view[r * size : (r + 1) * size], int(i) * step) for r, i in enumerate(ids)]
+        segs = self._segment_of(ids)
+        jobs = [
+            (view[r * size : (r + 1) * size], self._segments[s].fd(_FILES[field]),
+             int(i - self._segments[s].lo) * size)
+            for r, (i, s) in enumerate(zip(ids, segs, strict=True))
+        ]  # fmt: skip
 
-        def read(part: list[tuple[memoryview, int]]) -> int:
+        def read(part: list[tuple[memoryview, int, int]]) -> int:
             # preadv fills the array in place (no bytes objects) and releases the GIL; the
             # data passes through the page cache, never mapped into this process.
-            return sum(os.preadv(fd, [buf], offset) for buf, offset in part)
+            return sum(os.preadv(fd, [buf], offset) for buf, fd, offset in part)
 
         if len(jobs) >= PARALLEL_READS:  # a cold disk serves concurrent reads in parallel
             got = sum(READ_POOL.map(read, [jobs[t::READ_THREADS] for t in range(READ_THREADS)]))
         else:
             got = read(jobs)
         if got != size * len(ids):
-            raise GalleryMismatchError(f"gallery tier {self.path / name}: truncated (rebuild it)")
+            raise GalleryMismatchError(f"gallery tier {self.path}: {field} truncated (rebuild it)")
         return out
 
-    def _fd(self, name: str) -> int:
-        if name not in self._fds:
-            self._fds[name] = os.open(self.path / name, os.O_RDONLY)
-        return self._fds[name]
+    def dense_range(self, lo: int, hi: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first id, dense vectors) of the rows lo..hi-1, a memory map per segment part."""
+        for seg in self._segments:
+            a, b = max(lo, seg.lo), min(hi, seg.hi)
+            if a < b:
+                shape = (seg.hi - seg.lo, self.meta.embed_dim)
+                mm = np.memmap(seg.path / _FILES["dense"], np.float32, mode="r", shape=shape)
+                yield a, mm[a - seg.lo : b - seg.lo]
 
     def drop_page_cache(self) -> None:
         """Ask the OS to evict this tier's on-disk files from the page cache (cold reads)."""
-        for name in ("dense.f32", "neighbours.f32", "image.i64", "source.txt", "source.off"):
-            fd = self._fd(name)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for seg in self._segments:
+            for name in (_FILES["dense"], _FILES["neighbours"], _FILES["image"], "source.txt",
+                         "source.off"):  # fmt: skip
+                os.posix_fadvise(seg.fd(name), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for seg in self._segments:
+            seg.close()
         self._ram.clear()
 
     def __del__(self) -> None:
@@ -176,153 +347,265 @@ class LocalTier:
             pass
 
     def __repr__(self) -> str:
-        return f"LocalTier({self.meta.gallery!r}, {self.meta.modality!r}, rows={self.rows})"
+        return (f"LocalTier({self.meta.gallery!r}, {self.meta.modality!r}, rows={self.rows}, "
+                f"generation={self.generation})")  # fmt: skip
 
 
-def read_tier(path: Path) -> LocalTier:
-    """A tier from its folder alone (no Milvus): for tools that inspect or benchmark it."""
+# -- reading and checking a tier's manifest ----------------------------------------------------
+
+
+def _stamp(path: Path) -> tuple:
+    try:
+        st = os.stat(path / "tier.json")
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def read_info(path: Path) -> dict:
     try:
         info = json.loads((Path(path) / "tier.json").read_text())
     except (OSError, ValueError):
         raise GalleryMismatchError(
             f"gallery tier {path}: missing or unreadable tier.json"
         ) from None
-    return LocalTier(Path(path), GalleryMeta.model_validate(info["gallery"]), info)
-
-
-def _fresh(path: Path, meta: GalleryMeta) -> dict | None:
-    """The tier's info when it exists and matches the gallery's metadata, else None."""
-    try:
-        info = json.loads((path / "tier.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("format") != TIER_FORMAT or info.get("gallery") != meta.model_dump():
-        return None
+    if info.get("format") != TIER_FORMAT:
+        raise GalleryMismatchError(f"gallery tier {path}: written by another version")
     return info
 
 
-Chunk = dict[str, Any]  # field -> values of consecutive rows (arrays; lists of strings)
-TIER_FIELDS = ("hash", "codes", "dense", "neighbours", "image", "source", "external_id")
+def read_tier(path: Path) -> LocalTier:
+    """A tier from its folder alone (no Milvus): for tools that inspect or benchmark it."""
+    info = read_info(path)
+    return LocalTier(Path(path), GalleryMeta.model_validate(info["gallery"]), info)
 
 
-def open_tier(
-    client: MilvusClient,
-    gallery: Gallery,
-    modality: Modality,
-    settings: Settings,
-    echo: Callable[[str], None] | None = None,
-) -> LocalTier:
-    """A gallery modality's local tier, built from Milvus first when missing or stale."""
-    meta = gallery.meta[modality]
-    path = tier_dir(settings, gallery.name, modality)
-    info = _fresh(path, meta)
-    if info is None:
-        names = sorted({gallery.collection(modality, f) for f in ("hash", "codes", "dense")})
-        load_all(client, names)  # queries need loaded collections; loading is idempotent
-        gallery.loaded.update(names)
-        info = write_tier(path, meta, milvus_chunks(client, gallery, modality), echo)
-    return LocalTier(path, meta, info)
+def fresh_info(path: Path, meta: GalleryMeta) -> dict | None:
+    """The tier's manifest when it exists and was built for this gallery, else None."""
+    try:
+        info = read_info(path)
+    except GalleryMismatchError:
+        return None
+    return info if info.get("gallery") == meta.model_dump() else None
 
 
-def milvus_chunks(client: MilvusClient, gallery: Gallery, modality: Modality) -> Iterator[Chunk]:
-    """Every row of a gallery modality, fetched from Milvus by id range (whole ranges only:
-    `rows_in_range` refuses a gallery that lost or doubled rows)."""
-    meta = gallery.meta[modality]
-    by_collection: dict[str, list[str]] = {}
-    for field in TIER_FIELDS:
-        by_collection.setdefault(gallery.collection(modality, field), []).append(field)
-    row_bytes = 4 * (meta.embed_dim + meta.neighbours) + 2 * 512
-    step = max(1, min(FETCH_ROWS, milvus_arrays.RPC_BYTES // row_bytes))
-    for lo in range(0, meta.rows, step):
-        hi = min(meta.rows, lo + step)
-        chunk: Chunk = {}
-        for name, fields in by_collection.items():
-            chunk.update(milvus_arrays.rows_in_range(client, name, lo, hi, fields))
-        yield chunk
+# -- writing -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """The tier's writer lock (a file beside it): one writer at a time, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_json(path: Path, info: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, path)
 
 
 def write_tier(
-    path: Path, meta: GalleryMeta, chunks: Iterable[Chunk], echo: Callable[[str], None] | None
+    path: Path,
+    meta: GalleryMeta,
+    chunks: Iterable[Chunk],
+    echo: Callable[[str], None] | None,
+    generation: int = 0,
+    deleted: np.ndarray | None = None,
+    rows: int | None = None,
 ) -> dict:
-    """A new tier at `path` from a gallery modality's rows, in id order, and its ANN index;
-    written beside `path` and renamed into place. Returns the tier's info."""
+    """A new tier at `path` from a gallery modality's rows 0.. in id order (one segment; ids
+    in `deleted` are tombstones), and its ANN index; written beside `path` and renamed into
+    place. `rows`: how many the chunks must hold (the gallery's count). Returns the manifest."""
+    expected = rows
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700)
     try:
-        rows = _write_rows(tmp, meta, chunks)
-        if rows != meta.rows:
+        rows = _write_segment(tmp / _segment_name(0), meta, chunks)
+        if expected is not None and rows != expected:
             raise GalleryMismatchError(
                 f"gallery '{meta.gallery}' {meta.modality}s: {rows} rows written to its local "
-                f"tier, the gallery records {meta.rows}; reload it"
+                f"tier, the gallery records {expected}; reload it"
             )
-        info = {"format": TIER_FORMAT, "gallery": meta.model_dump()}
-        info["ann"] = build_ann(tmp, meta)
+        info = {"format": TIER_FORMAT, "gallery": meta.model_dump(), "build": uuid.uuid4().hex,
+                "generation": generation, "rows": rows, "deleted": None, "ann": None,
+                "segments": [{"name": _segment_name(0), "lo": 0, "hi": rows}]}  # fmt: skip
+        if deleted is not None and len(deleted):
+            info["deleted"] = _write_deleted(tmp, np.asarray(deleted, np.int64), generation)
+        info["ann"] = build_ann(LocalTier(tmp, meta, info), generation)
         info["build_s"] = round(time.perf_counter() - start, 2)
-        (tmp / "tier.json").write_text(json.dumps(info, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        _write_json(tmp / "tier.json", info)
+        with locked(path):
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if echo:
-        echo(f"local tier of '{meta.gallery}' {meta.modality}s: {meta.rows} rows, "
-             f"{info['build_s']} s")  # fmt: skip
+        echo(f"local tier of '{meta.gallery}' {meta.modality}s: {rows} rows, {info['build_s']} s")
     return info
 
 
-def _write_rows(out: Path, meta: GalleryMeta, chunks: Iterable[Chunk]) -> int:
-    """Append every chunk's fields to the tier's files; the rows written."""
-    names = {"hash": "hash.u8", "codes": "codes.u8", "dense": "dense.f32",
-             "neighbours": "neighbours.f32", "image": "image.i64", "source": "source.txt",
-             "external_id": "external_id.txt"}  # fmt: skip
-    widths = {"hash": meta.H // 8, "codes": meta.M, "dense": meta.embed_dim,
-              "neighbours": meta.neighbours}  # fmt: skip
-    dtypes = {"hash": np.uint8, "codes": np.uint8, "image": np.int64}
-    offsets = {"source": [0], "external_id": [0]}
+def _segment_name(lo: int) -> str:
+    return f"seg-{lo:012d}"
+
+
+def _write_segment(out: Path, meta: GalleryMeta, chunks: Iterable[Chunk]) -> int:
+    """A segment folder from chunks of consecutive rows; the rows written."""
+    out.mkdir(mode=0o700)
+    widths = _widths(meta)
+    offsets = {f: [0] for f in TEXT_FIELDS}
     rows = 0
-    files = {f: open(out / name, "wb") for f, name in names.items()}
+    files = {f: open(out / name, "wb") for f, name in _FILES.items()}
+    texts = {f: open(out / f"{f}.txt", "wb") for f in TEXT_FIELDS}
     try:
         for chunk in chunks:
+            n = len(chunk["image"])
             for field, fh in files.items():
-                values = chunk[field]
-                if field in offsets:
-                    for text in values:
-                        raw = text.encode("utf-8")
-                        fh.write(raw)
-                        offsets[field].append(offsets[field][-1] + len(raw))
-                    continue
-                array = np.ascontiguousarray(values, dtype=dtypes.get(field, np.float32))
-                array.reshape(len(array), -1 if field == "image" else widths[field]).tofile(fh)
-            rows += len(chunk["image"])
+                array = np.ascontiguousarray(chunk[field], dtype=_DTYPES.get(field, np.float32))
+                if array.size != n * widths[field]:
+                    raise GalleryMismatchError(
+                        f"gallery '{meta.gallery}' {meta.modality}s: {field} of width "
+                        f"{array.size // max(n, 1)}, the gallery records {widths[field]}"
+                    )
+                array.tofile(fh)
+            for field, fh in texts.items():
+                for text in chunk.get(field) or [""] * n:
+                    raw = text.encode("utf-8")
+                    fh.write(raw)
+                    offsets[field].append(offsets[field][-1] + len(raw))
+            rows += n
     finally:
-        for fh in files.values():
+        for fh in (*files.values(), *texts.values()):
             fh.close()
     for field, offs in offsets.items():
         np.asarray(offs, dtype=np.int64).tofile(out / f"{field}.off")
     return rows
 
 
-def build_ann(path: Path, meta: GalleryMeta, seed: int = 0) -> dict:
-    """Train and fill the ANN index (PCA -> IVF -> RaBitQ codes) from the tier's dense file."""
-    rows, dim = meta.rows, meta.embed_dim
-    dense = np.memmap(path / "dense.f32", np.float32, mode="r", shape=(rows, dim))
+def _write_deleted(path: Path, ids: np.ndarray, generation: int) -> dict:
+    name = f"deleted-{generation:012d}.i64"
+    tmp = path / f".{name}.tmp"
+    np.unique(ids).astype(np.int64).tofile(tmp)
+    os.replace(tmp, path / name)
+    return {"file": name, "count": int(len(np.unique(ids)))}
+
+
+def append_rows(path: Path, lo: int, chunks: Iterable[Chunk], generation: int) -> int:
+    """A new segment of rows lo.. to an existing tier, and its generation; the rows written.
+    A segment already there (another process caught up first) is kept as it is."""
+    with locked(path):
+        info = read_info(path)
+        meta = GalleryMeta.model_validate(info["gallery"])
+        if lo < info["rows"]:
+            return 0
+        if lo != info["rows"]:
+            raise GalleryMismatchError(
+                f"gallery tier {path}: rows {info['rows']}..{lo - 1} missing before a new segment"
+            )
+        name = _segment_name(lo)
+        tmp = path / f".{name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        rows = _write_segment(tmp, meta, chunks)
+        shutil.rmtree(path / name, ignore_errors=True)  # left by a writer killed mid-rename
+        tmp.rename(path / name)
+        info["segments"].append({"name": name, "lo": lo, "hi": lo + rows})
+        info["rows"] = lo + rows
+        info["generation"] = max(info["generation"], generation)
+        _write_json(path / "tier.json", info)
+    return rows
+
+
+def mark_deleted(path: Path, ids: np.ndarray, generation: int) -> None:
+    """Tombstones for `ids` (added to those already there) at `generation`."""
+    with locked(path):
+        info = read_info(path)
+        old = info.get("deleted")
+        before = np.fromfile(path / old["file"], np.int64) if old else np.zeros(0, np.int64)
+        ids = np.concatenate([before, np.asarray(ids, np.int64)])
+        if len(ids):
+            info["deleted"] = _write_deleted(path, ids, generation)
+        info["generation"] = max(info["generation"], generation)
+        _write_json(path / "tier.json", info)
+        _remove_old_files(path, info)
+
+
+def set_generation(path: Path, generation: int) -> None:
+    """Record that the tier reflects the gallery up to `generation` (a change that did not
+    touch this modality)."""
+    with locked(path):
+        info = read_info(path)
+        if generation > info["generation"]:
+            info["generation"] = generation
+            _write_json(path / "tier.json", info)
+
+
+def build_ann(tier: LocalTier, generation: int, seed: int = 0) -> dict | None:
+    """Train and fill the ANN index (PCA -> IVF -> RaBitQ codes) from the tier's live rows;
+    its manifest entry (None for an empty tier)."""
+    rows, dim = tier.rows, tier.meta.embed_dim
+    dead = tier.dead()
+    live = np.flatnonzero(~dead) if dead is not None else np.arange(rows)
+    if not len(live):
+        return None
     # PCA only where it shrinks the codes and has the rows to fit it.
-    pca = ANN_PCA_DIM if dim > ANN_PCA_DIM and rows >= 2 * dim else 0
-    nlist = ann_nlist(rows)
+    pca = ANN_PCA_DIM if dim > ANN_PCA_DIM and len(live) >= 2 * dim else 0
+    nlist = ann_nlist(len(live))
     rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(rows, min(rows, ANN_TRAIN_MAX), replace=False))
-    sample = np.ascontiguousarray(dense[take])
+    take = np.sort(rng.choice(live, min(len(live), ANN_TRAIN_MAX), replace=False))
+    sample = tier.dense(take)
     # L2 on unit vectors ranks as inner product does, and k-means under L2 gives balanced lists
     # (IVF under inner product favours long centroids).
     factory = f"{f'PCAR{pca},' if pca else ''}IVF{nlist},RaBitQ"
     index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
     faiss.extract_index_ivf(index).cp.seed = seed
     index.train(sample)
-    for lo in range(0, rows, 65536):
-        index.add(np.ascontiguousarray(dense[lo : lo + 65536]))
-    del dense
-    faiss.write_index(index, str(path / "ann.faiss"))
-    return {"pca": pca, "nlist": nlist, "code": "RaBitQ", "trained_on": len(take)}
+    for lo, vectors in tier.dense_range(0, rows):
+        for a in range(0, len(vectors), 65536):
+            ids = np.arange(lo + a, lo + min(a + 65536, len(vectors)), dtype=np.int64)
+            keep = ids if dead is None else ids[~dead[ids]]
+            if len(keep):
+                index.add_with_ids(np.ascontiguousarray(vectors[keep - lo]), keep)
+    name = f"ann-{generation:012d}-{uuid.uuid4().hex[:8]}.faiss"
+    faiss.write_index(index, str(tier.path / f".{name}.tmp"))
+    os.replace(tier.path / f".{name}.tmp", tier.path / name)
+    return {"file": name, "covers": rows, "trained_rows": int(len(live)), "pca": pca,
+            "nlist": nlist, "code": "RaBitQ", "trained_on": int(len(take))}  # fmt: skip
+
+
+def rebuild_ann(path: Path) -> dict | None:
+    """Train the ANN index again over the tier's rows of now and swap it in (readers take it
+    up on their next refresh; rows added meanwhile they add themselves)."""
+    tier = read_tier(path)
+    entry = build_ann(tier, tier.generation)
+    with locked(path):
+        info = read_info(path)
+        if info.get("build") != tier.info.get("build"):  # rebuilt whole meanwhile
+            with contextlib.suppress(OSError):
+                (path / entry["file"]).unlink()
+            return None
+        info["ann"] = entry
+        _write_json(path / "tier.json", info)
+        _remove_old_files(path, info)
+    tier.close()
+    return entry
+
+
+def _remove_old_files(path: Path, info: dict) -> None:
+    """ANN and tombstone files the manifest no longer names, once no reader can be opening
+    them any more (OLD_FILES_S after they were replaced)."""
+    keep = {(info.get("ann") or {}).get("file"), (info.get("deleted") or {}).get("file")}
+    now = time.time()
+    for f in [*path.glob("ann-*.faiss"), *path.glob("deleted-*.i64")]:
+        with contextlib.suppress(OSError):
+            if f.name not in keep and now - f.stat().st_mtime > OLD_FILES_S:
+                f.unlink()
+

@@ -8,14 +8,10 @@ import pytest
 from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.errors import MeetError
+from meet_milvus.gallery_rows import Origin, write_gallery
+from meet_milvus.pool import neighbour_stats
 from meet_milvus.server import connect
-from meet_milvus_loaders.milvus_loader import (
-    Origin,
-    load,
-    neighbour_stats,
-    split_items,
-    write_gallery,
-)
+from meet_milvus_loaders.milvus_loader import load, split_items
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,9 @@ def test_neighbour_stats_are_each_items_top_similarities():
     stats = neighbour_stats(a, b, k=4, chunk=3)
     expected = -np.sort(-(a @ b.T), axis=1)[:, :4]
     np.testing.assert_allclose(stats, expected, rtol=1e-5)
-    assert neighbour_stats(a, b, k=50).shape == (7, 11)  # k capped at what exists
+    wide = neighbour_stats(a, b, k=50)  # more than exist: the rest below any similarity
+    np.testing.assert_allclose(wide[:, :11], -np.sort(-(a @ b.T), axis=1), rtol=1e-5)
+    assert wide.shape == (7, 50) and (wide[:, 11:] == -1).all()
 
 
 @pytest.mark.integration

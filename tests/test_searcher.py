@@ -16,9 +16,10 @@ from meet_milvus.errors import (
     ParameterError,
     ServerUnavailableError,
 )
+from meet_milvus.gallery_rows import Origin, write_gallery
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.results import Hit
-from meet_milvus_loaders.milvus_loader import Origin, encode_split, split_items, write_gallery
+from meet_milvus_loaders.milvus_loader import encode_split, split_items
 from meet_milvus_loaders.precomp import load_split
 from tests.ties import assert_same_ranking
 

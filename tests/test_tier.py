@@ -8,7 +8,7 @@ import pytest
 
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore
 from meet_milvus.errors import MeetError
-from meet_milvus.gallery_layout import Gallery, GalleryMeta, Layout
+from meet_milvus.gallery_layout import GalleryMeta
 from meet_milvus.tier import ann_nlist, read_tier, write_tier
 
 pytestmark = pytest.mark.unit
@@ -77,16 +77,9 @@ def test_ids_outside_the_gallery_are_refused(tier_and_rows):
 
 def test_ann_with_every_list_then_exact_equals_brute_force(tier_and_rows):
     tier, rows = tier_and_rows
-    meta = tier.meta
-    gallery = Gallery("g", Layout("split"), {"image": meta})
     nlist = tier.info["ann"]["nlist"]
-    assert nlist == ann_nlist(ROWS)
-    cascade = Cascade(
-        [
-            AnnFilter(None, gallery, "image", tier, keep=ROWS, nprobe=1.0),
-            ExactRescore(None, gallery, "image", keep=10, tier=tier),
-        ]
-    )
+    assert nlist == ann_nlist(ROWS) == tier.ann_lists()
+    cascade = Cascade([AnnFilter(tier, keep=ROWS, nprobe=1.0), ExactRescore(tier, keep=10)])
     rng = np.random.default_rng(2)
     q = rng.standard_normal((5, DIM)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -115,7 +108,7 @@ def test_a_tier_short_of_rows_is_not_written(tmp_path):
     rows = _rows()
     short = {f: v[:-1] for f, v in rows.items()}
     with pytest.raises(MeetError, match="2999 rows written .* records 3000"):
-        write_tier(tmp_path / "image", _meta(), iter([short]), echo=None)
+        write_tier(tmp_path / "image", _meta(), iter([short]), echo=None, rows=ROWS)
     assert not (tmp_path / "image").exists()
     assert not list(tmp_path.iterdir())  # no half-built folder left behind
 
@@ -130,7 +123,6 @@ def test_exact_stage_on_the_tier_scores_each_querys_survivors(tier_and_rows, wid
     from meet_milvus.cascade import Candidates
 
     tier, rows = tier_and_rows
-    gallery = Gallery("g", Layout("split"), {"image": tier.meta})
     rng = np.random.default_rng(3)
     ids = np.stack([rng.choice(ROWS, width, replace=False) for _ in range(6)])
     ids[0, -3:] = -1  # a row that ran short
@@ -139,7 +131,7 @@ def test_exact_stage_on_the_tier_scores_each_querys_survivors(tier_and_rows, wid
     class Queries:
         dense = q
 
-    got = ExactRescore(None, gallery, "image", keep=10, tier=tier)(
+    got = ExactRescore(tier, keep=10)(
         Queries(), Candidates(ids, np.zeros(ids.shape, np.float32))
     )
     for row, found, scores, query in zip(ids, got.ids, got.scores, q, strict=True):

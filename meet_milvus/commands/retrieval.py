@@ -22,14 +22,21 @@ from meet_milvus.evaluation import format_table
 @click.option("--neighbours", default=32, show_default=True, help="k of the re-ranking statistics")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
               help="encoding batch size")  # fmt: skip
+@click.option("--stats", type=click.Choice(["pool", "split"]), default="pool", show_default=True,
+              help="re-ranking statistics against a reference pool (the gallery can grow) or "
+                   "the split itself (the paper's protocol)")  # fmt: skip
+@click.option("--pool", help="reference pool, a data set split DATA/SPLIT [the checkpoint's "
+                             "training split]")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def load(collection, checkpoint, data, split, drop, neighbours, batch_size, quiet) -> None:
+def load(collection, checkpoint, data, split, drop, neighbours, batch_size, stats, pool,
+         quiet) -> None:  # fmt: skip
     """Encode a data split and load its codes, embeddings and sources into Milvus."""
     from meet_milvus_loaders.milvus_loader import load as load_gallery
 
     report = load_gallery(
         _settings(), collection, checkpoint=checkpoint, data=data, split=split, drop=drop,
         neighbours=neighbours, batch_size=batch_size, progress=not quiet, echo=click.echo,
+        stats=stats, pool=pool,
     )  # fmt: skip
     for line in report.lines():
         click.echo(line)

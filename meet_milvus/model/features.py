@@ -111,15 +111,26 @@ class GridFeatureExtractor:
         batch_size: int = 32,
         progress: bool = True,
         dtype: type = np.float32,
+        errors: dict[int, str] | None = None,
     ) -> np.ndarray:
-        """Features of the image files `paths`, (N, 49, 1280) in `dtype` (default float32)."""
+        """Features of the image files `paths`, (N, 49, 1280) in `dtype` (default float32).
+
+        With `errors` (a dict), a file that cannot be read or decoded does not stop the batch:
+        its row is left zero and `errors[i]` says why (a folder of photos has broken files).
+        """
         check_count(batch_size, "batch_size")
-        out = np.empty((len(paths), GRID * GRID, FEATURE_DIM), dtype=dtype)
+        out = np.zeros((len(paths), GRID * GRID, FEATURE_DIM), dtype=dtype)
         # Content hash -> rows still to compute: the same image twice is computed once (batch
         # composition changes the last bits of a CPU forward pass).
         missing: dict[str, list[int]] = {}
         for i, path in enumerate(paths):
-            digest = _file_hash(path)
+            try:
+                digest = _file_hash(path)
+            except DataSetError as e:
+                if errors is None:
+                    raise
+                errors[i] = str(e)
+                continue
             cached = None if digest in missing else self._cached(digest)
             if cached is None:
                 missing.setdefault(digest, []).append(i)
@@ -129,8 +140,20 @@ class GridFeatureExtractor:
         bar = _progress(len(paths), len(paths) - sum(len(r) for _, r in todo), progress)
         try:
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                feats = self._forward([load_image(paths[rows[0]]) for _, rows in chunk])
+                chunk, images = [], []
+                for digest, rows in todo[start : start + batch_size]:
+                    try:
+                        images.append(load_image(paths[rows[0]]))
+                    except DataSetError as e:
+                        if errors is None:
+                            raise
+                        errors.update(dict.fromkeys(rows, str(e)))
+                        bar.update(len(rows))
+                        continue
+                    chunk.append((digest, rows))
+                if not chunk:
+                    continue
+                feats = self._forward(images)
                 for (digest, rows), f in zip(chunk, feats, strict=True):
                     self._store(digest, f)
                     out[rows] = f

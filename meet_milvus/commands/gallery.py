@@ -1,0 +1,75 @@
+"""`meet-milvus index | delete`: galleries people own, grown and pruned item by item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from meet_milvus.context import current_settings as _settings
+
+
+@click.command("index")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--collection", required=True, help="gallery name in Milvus (made when new)")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="trained MEET checkpoint dir [a new gallery: the settings' checkpoint, else "
+                   "{data_dir}/checkpoints/demo; an existing one: the one it was made with]")
+@click.option("--pool", help="a new gallery's reference pool for re-ranking statistics, a data "
+                             "set split DATA/SPLIT [the checkpoint's training split]")
+@click.option("--neighbours", default=32, show_default=True,
+              help="k of a new gallery's re-ranking statistics")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="items written as one change")
+@click.option("--allow-outside-images", is_flag=True,
+              help="let a manifest name images outside its folder")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_images,
+          quiet) -> None:  # fmt: skip
+    """Add photos (folders, files, globs) or manifest rows to a gallery: new items are added,
+    changed files encoded again, unchanged ones left; no captions needed."""
+    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.writer import GalleryWriter
+    from meet_milvus_loaders.milvus_loader import check_neighbours, training_pool
+    from meet_milvus_loaders.photos import collect
+
+    settings = _settings()
+    check_name(collection)
+    check_neighbours(neighbours)
+    items = collect(paths, allow_outside=allow_outside_images)  # bad paths fail before the model
+    if checkpoint is None and settings.checkpoint is None:
+        default = settings.data_dir / "checkpoints" / "demo"
+        checkpoint = default if default.is_dir() else None
+    writer = GalleryWriter(collection, checkpoint, settings, neighbours=neighbours)
+    if writer.gallery is None:
+        writer.pool = training_pool(settings, writer.model, pool, progress=not quiet)
+        click.echo(f"new gallery '{collection}': re-ranking statistics against the reference "
+                   f"pool {writer.pool.source}")  # fmt: skip
+    elif pool is not None:
+        click.echo(f"note: '{collection}' keeps its own reference pool; --pool is ignored")
+    click.echo(f"indexing {len(items)} items into '{collection}'")
+    report = writer.add(items, batch=batch, progress=not quiet)
+    for line in report.lines():
+        click.echo(line)
+
+
+@click.command("delete")
+@click.argument("ids", nargs=-1)
+@click.option("--collection", required=True, help="gallery name in Milvus")
+@click.option("--missing", is_flag=True, help="delete every image whose file is gone")
+def delete(ids, collection, missing) -> None:
+    """Delete items from a gallery by external id (an image with its captions; ID#n: one
+    caption), or those whose image file is gone (--missing)."""
+    from meet_milvus.errors import ParameterError
+    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.writer import GalleryWriter
+
+    check_name(collection)
+    if not ids and not missing:
+        raise ParameterError("delete: name the items' ids, or --missing")
+    report = GalleryWriter(collection, settings=_settings()).delete(ids, missing=missing)
+    for line in report.lines():
+        click.echo(line)
+
+
+COMMANDS = (index, delete)
