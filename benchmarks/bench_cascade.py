@@ -59,16 +59,13 @@ from meet_milvus.cascade import (
 )
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError
+from meet_milvus.gallery_rows import Items, Origin, write_gallery
 from meet_milvus.model.meet_model import Encoded
+from meet_milvus.pool import neighbour_stats
+from meet_milvus.reader import MilvusReader, MilvusSide, open_tier
 from meet_milvus.server import EmbeddedServer, connect
-from meet_milvus.tier import LocalTier, open_tier
-from meet_milvus_loaders.milvus_loader import (
-    Items,
-    Origin,
-    build_tiers,
-    neighbour_stats,
-    write_gallery,
-)
+from meet_milvus.tier import LocalTier
+from meet_milvus_loaders.milvus_loader import build_tiers
 
 K = 10
 
@@ -194,21 +191,19 @@ def encoded_queries(g: SyntheticGallery) -> Encoded:
 
 
 def ann_cascade(client, gallery, tier: LocalTier, nprobe: float, keep: int) -> Cascade:
-    return Cascade(
-        [
-            AnnFilter(client, gallery, "image", tier, keep=keep, nprobe=nprobe),
-            ExactRescore(client, gallery, "image", keep=K, tier=tier),
-        ]
-    )
+    return Cascade([AnnFilter(tier, keep=keep, nprobe=nprobe), ExactRescore(tier, keep=K)])
 
 
 def meet_cascade(client, gallery, tier: LocalTier | None, g: SyntheticGallery, r: int, q: int):
+    """MEET's cascade on the local tier, or (tier None) on Milvus: its BIN_IVF_FLAT search and
+    the codes and vectors read from the collections."""
     mode = "client" if tier is not None else "milvus"
+    store = tier if tier is not None else MilvusReader(MilvusSide(client, gallery, "image"))
     return Cascade(
         [
-            HammingFilter(client, gallery, "image", keep=r, mode=mode, tier=tier),
-            QuantizedFilter(client, gallery, "image", g.codebooks, keep=q, tier=tier),
-            ExactRescore(client, gallery, "image", keep=K, tier=tier),
+            HammingFilter(store, keep=r, mode=mode, milvus=MilvusSide(client, gallery, "image")),
+            QuantizedFilter(store, g.codebooks, keep=q),
+            ExactRescore(store, keep=K),
         ]
     )
 
@@ -296,11 +291,11 @@ def hnsw_index(g: SyntheticGallery, run: Run, cache: Path) -> tuple[Path, float]
 def faiss_refine_index(tier: LocalTier, path: Path) -> tuple[Path, float]:
     """The tier's own ANN index with faiss's exact refine over float32 vectors in RAM."""
     start = time.perf_counter()
-    base = faiss.read_index(str(tier.path / "ann.faiss"))
+    base = faiss.read_index(str(tier.path / tier.info["ann"]["file"]))
     flat = faiss.IndexFlatL2(base.d)
-    dense = np.memmap(tier.path / "dense.f32", np.float32, mode="r").reshape(tier.rows, -1)
-    for lo in range(0, tier.rows, 65536):
-        flat.add(np.ascontiguousarray(dense[lo : lo + 65536]))
+    for _, dense in tier.dense_range(0, tier.rows):
+        for lo in range(0, len(dense), 65536):
+            flat.add(np.ascontiguousarray(dense[lo : lo + 65536]))
     faiss.write_index(faiss.IndexRefine(base, flat), str(path))
     return path, time.perf_counter() - start
 

@@ -34,8 +34,9 @@ from meet_milvus.config import load_settings
 from meet_milvus.gallery_rows import Origin, write_gallery
 from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.model.quantization import adc_scores, adc_tables
+from meet_milvus.reader import open_tier
 from meet_milvus.searcher import SearchConfig
-from meet_milvus.tier import ann_nlist, open_tier
+from meet_milvus.tier import ann_nlist
 from meet_milvus_loaders.milvus_loader import encode_split, split_items
 from meet_milvus_loaders.precomp import Split, load_split
 
@@ -96,13 +97,11 @@ def end_to_end(client, settings, name: str, gallery_m: str, q: Encoded, truth: n
     rows = gallery.rows(gallery_m)
     cascades = {
         "MEET: Hamming -> PQ -> exact (defaults)": Cascade([
-            HammingFilter(client, gallery, gallery_m, cfg.keep("hash", gallery_m), tier=tier),
-            QuantizedFilter(client, gallery, gallery_m, codebooks, cfg.keep("pq", gallery_m),
-                            tier=tier),
-            ExactRescore(client, gallery, gallery_m, K, tier=tier)]),
+            HammingFilter(tier, cfg.keep("hash", gallery_m)),
+            QuantizedFilter(tier, codebooks, cfg.keep("pq", gallery_m)),
+            ExactRescore(tier, K)]),
         "ANN -> exact (defaults)": Cascade([
-            AnnFilter(client, gallery, gallery_m, tier, cfg.ann_keep, cfg.ann_nprobe),
-            ExactRescore(client, gallery, gallery_m, K, tier=tier)]),
+            AnnFilter(tier, cfg.ann_keep, cfg.ann_nprobe), ExactRescore(tier, K)]),
     }  # fmt: skip
     out = {}
     for label, cascade in cascades.items():

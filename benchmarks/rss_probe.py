@@ -22,24 +22,21 @@ import torch
 
 from benchmarks.measure import rss_bytes
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
-from meet_milvus.gallery_layout import Gallery, Layout
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.tier import READ_POOL, read_tier
 
 
 def tier_cascade(spec: dict):
     tier = read_tier(spec["tier"])
-    gallery = Gallery(tier.meta.gallery, Layout("split"), {tier.meta.modality: tier.meta})
-    m = tier.meta.modality
     if spec["method"] == "ann":
-        first = [AnnFilter(None, gallery, m, tier, keep=spec["keep"], nprobe=spec["nprobe"])]
+        first = [AnnFilter(tier, keep=spec["keep"], nprobe=spec["nprobe"])]
     else:
         books = np.load(spec["codebooks"])
         first = [
-            HammingFilter(None, gallery, m, keep=spec["R"], tier=tier),
-            QuantizedFilter(None, gallery, m, codebooks=books, keep=spec["Q"], tier=tier),
+            HammingFilter(tier, keep=spec["R"]),
+            QuantizedFilter(tier, codebooks=books, keep=spec["Q"]),
         ]
-    return Cascade([*first, ExactRescore(None, gallery, m, keep=spec["k"], tier=tier)])
+    return Cascade([*first, ExactRescore(tier, keep=spec["k"])])
 
 
 def resident() -> int:

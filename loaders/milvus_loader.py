@@ -31,7 +31,7 @@ from meet_milvus.gallery_rows import Items, LoadReport, Origin, write_gallery
 from meet_milvus.inputs import check_count, check_name
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
-from meet_milvus.pool import Pool, neighbour_stats, read_pool
+from meet_milvus.pool import POOL_MAX, Pool, neighbour_stats, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect, describe
 from meet_milvus.tier import tier_dir, write_tier
@@ -105,9 +105,11 @@ def training_pool(
     spec: str | None = None,
     batch_size: int = 128,
     progress: bool = True,
+    size: int = POOL_MAX,
 ) -> Pool:
     """The reference pool named `spec` ("data set/split", or a data set's `train`), else the
-    checkpoint's training split; encoded with `model` (cached) and sampled to POOL_MAX."""
+    checkpoint's training split; encoded with `model` (cached) and sampled to `size` items of
+    each modality."""
     if spec is None:
         name = str(model.config.train.get("data_name") or "")
         if not name:
@@ -125,7 +127,7 @@ def training_pool(
         hint = "build it, or name another: --pool"
         raise DataSetError(f"reference pool {spec}: {e} ({hint})") from None
     images, texts = encode_split(model, source, settings.cache_dir, batch_size, progress)
-    return Pool.sample({"image": images.dense, "text": texts.dense}, f"{name}/{split}")
+    return Pool.sample({"image": images.dense, "text": texts.dense}, f"{name}/{split}", size)
 
 
 def resolve_checkpoint(settings: Settings, checkpoint: str | Path | None, data: str) -> Path:
@@ -184,6 +186,7 @@ def load(
     echo: Callable[[str], None] = log.info,
     stats: Stats = "pool",
     pool: str | None = None,
+    pool_size: int = POOL_MAX,
 ) -> LoadReport:
     """`meet-milvus load`: encode a data split with a checkpoint and write it to Milvus.
 
@@ -211,7 +214,7 @@ def load(
     reference = None
     if stats == "pool":
         reference = (None if drop else read_pool(client, collection)) or training_pool(
-            settings, model, pool, batch_size, progress
+            settings, model, pool, batch_size, progress, pool_size
         )
         echo(f"re-ranking statistics against the reference pool {reference.source} "
              f"({len(reference.vectors['image'])} images, {len(reference.vectors['text'])} "

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from meet_milvus import milvus_arrays
 from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, side_collections
 
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ def create_log(client: MilvusClient, gallery: str, initial: dict[str, int]) -> N
         params.add_index("v", index_type="FLAT", metric_type="L2")
         client.create_index(name, params)
     client.load_collection(name)
-    if not read_changes(client, gallery):
+    # Row statistics, not a query: Milvus Lite 2.5 fails a query of an empty collection.
+    if not int(client.get_collection_stats(name)["row_count"]):
         rows = [Change(g, m, 0, initial.get(m, 0)).row()
                 for g, m in enumerate(MODALITIES, start=1)]  # fmt: skip
         client.insert(name, rows)
@@ -145,6 +147,14 @@ def read_changes(
     return sorted(changes, key=lambda c: c.generation)
 
 
+def newer(client: MilvusClient, gallery: str, after: int, consistency: str = "Bounded") -> bool:
+    """Whether a change was logged done after generation `after`: one small query, failing at
+    once when the server does not answer (a search calls it)."""
+    got = milvus_arrays.query_columns(client, log_name(gallery), f"id > {int(after)}",
+                                      ["id", "state"], consistency)  # fmt: skip
+    return "done" in list(got.get("state", []))
+
+
 def gallery_state(client: MilvusClient, gallery: Gallery, consistency: str = "Strong"):
     """The gallery's state from its log (a gallery without one: its load's rows)."""
     if not has_log(client, gallery.name):
@@ -155,11 +165,12 @@ def gallery_state(client: MilvusClient, gallery: Gallery, consistency: str = "St
     return GalleryState.of(read_changes(client, gallery.name, 0, consistency))
 
 
-def log_change(client: MilvusClient, gallery: str, change: Change) -> None:
-    """Write (or overwrite, by generation) one change of the log; flushed, so a server crash
-    cannot lose a change whose rows were written."""
+def log_change(client: MilvusClient, gallery: str, change: Change, flush: bool = True) -> None:
+    """Write (or overwrite, by generation) one change of the log; flushed (unless the caller
+    flushes it with the rows), so a server crash cannot lose a change whose rows it kept."""
     client.upsert(log_name(gallery), [change.row()])
-    client.flush(log_name(gallery))
+    if flush:
+        client.flush(log_name(gallery))
 
 
 def drop_change(client: MilvusClient, gallery: str, generation: int) -> None:

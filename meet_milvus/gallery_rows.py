@@ -36,6 +36,7 @@ from meet_milvus.gallery_log import (
     drop_change,
     has_log,
     log_change,
+    log_name,
     read_changes,
 )
 from meet_milvus.model.meet_model import Encoded, MeetModel
@@ -331,11 +332,18 @@ def append_items(
     client: MilvusClient, gallery: Gallery, modality: Modality, items: Items, lo: int,
     generation: int, progress: bool = False,
 ) -> Change:
-    """Insert `items` as ids lo.. of a modality, as one logged change (`generation`)."""
+    """Insert `items` as ids lo.. of a modality, as one logged change (`generation`).
+
+    Rows a killed writer left at ids >= lo without a durable log entry (Milvus seals growing
+    segments on its own) are deleted first, so a key is never stored twice; the pending entry
+    is then flushed with the rows, in one round, and the done entry after them.
+    """
     change = Change(generation, modality, lo, lo + len(items), state="pending")
-    log_change(client, gallery.name, change)
-    meta = gallery.meta[modality]
     names = gallery.layout.collections(gallery.name, modality)  # the dense one first
+    for name in names:
+        client.delete(name, filter=f"id >= {lo}")
+    log_change(client, gallery.name, change, flush=False)
+    meta = gallery.meta[modality]
     batch = max(1, min(MAX_BATCH_ROWS, milvus_arrays.RPC_BYTES // _row_bytes(items)))
     bar = progress_bar(total=len(items) * len(names), desc=f"add {gallery.name} {modality}s",
                        unit="row", enabled=progress)  # fmt: skip
@@ -346,7 +354,7 @@ def append_items(
                 keys = range(a, min(len(items), a + batch))
                 client.insert(name, [items.row(i, fields, lo) for i in keys])
                 bar.update(len(keys))
-    cols.each(client.flush, names)
+    cols.each(client.flush, [*names, log_name(gallery.name)])
     done = replace(change, state="done")
     log_change(client, gallery.name, done)
     return done

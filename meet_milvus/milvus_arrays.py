@@ -148,6 +148,14 @@ def ids_in_range(
     return np.sort(np.concatenate(parts).astype(np.int64, copy=False))
 
 
+def query_columns(
+    client: MilvusClient, collection: str, expr: str, fields: Sequence[str], consistency: str
+) -> dict[str, np.ndarray | list]:
+    """The rows matching `expr`, field -> values (scalars as arrays, strings as lists), in the
+    server's order; a server that does not answer fails at once (ServerUnavailableError)."""
+    return _query_raw(client, collection, expr, list(fields), consistency)
+
+
 def count(
     client: MilvusClient, collection: str, expr: str = "", consistency: str = "Strong"
 ) -> int:

@@ -27,7 +27,10 @@ from meet_milvus.gallery_layout import MODALITIES, Modality, side_collections
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-POOL_MAX = 20_000  # items of each modality kept in a pool (a seeded sample of larger sets)
+# Items of each modality kept in a pool (a seeded sample of larger sets). Chosen on the demo's
+# dev split (benchmarks/bench_pool_stats.py --pool-sizes): re-ranking gained most over the
+# cascade with 1,000 (README "Your photo collection"); it also keeps an add's pass cheap.
+POOL_MAX = 1_000
 FETCH_ROWS = 4096
 
 
@@ -65,14 +68,16 @@ class Pool:
         return neighbour_stats(dense, self.vectors[other(modality)], k)
 
     @classmethod
-    def sample(cls, vectors: dict[str, np.ndarray], source: str, seed: int = 0) -> Pool:
-        """A pool of at most POOL_MAX items of each modality (a seeded sample)."""
+    def sample(
+        cls, vectors: dict[str, np.ndarray], source: str, size: int = POOL_MAX, seed: int = 0
+    ) -> Pool:
+        """A pool of at most `size` items of each modality (a seeded sample)."""
         rng = np.random.default_rng(seed)
         kept = {}
         for m in MODALITIES:
             v = np.asarray(vectors.get(m, np.zeros((0, 1))), dtype=np.float32)
-            if len(v) > POOL_MAX:
-                v = v[np.sort(rng.choice(len(v), POOL_MAX, replace=False))]
+            if len(v) > size:
+                v = v[np.sort(rng.choice(len(v), size, replace=False))]
             kept[m] = v
         if not any(len(v) for v in kept.values()):
             raise ParameterError(f"reference pool '{source}': holds no items")

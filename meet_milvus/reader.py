@@ -18,6 +18,7 @@ after which only the rows of the new changes are read from Milvus.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,11 +26,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from pymilvus.exceptions import MilvusException
 
 from meet_milvus import milvus_arrays
 from meet_milvus.config import Settings
+from meet_milvus.errors import ServerUnavailableError
 from meet_milvus.gallery_layout import Gallery, GalleryMeta, Modality, load_all
-from meet_milvus.gallery_log import GalleryState, gallery_state, has_log, log_name, read_changes
+from meet_milvus.gallery_log import (
+    GalleryState,
+    gallery_state,
+    has_log,
+    log_name,
+    newer,
+    read_changes,
+)
 from meet_milvus.tier import (
     TIER_FIELDS,
     Chunk,
@@ -118,6 +128,7 @@ class MilvusReader:
         self._state = state or gallery_state(side.client, side.gallery)
         self._codes: dict[str, np.ndarray] = {}
         self._checked = time.monotonic()
+        self._logged = has_log(side.client, side.gallery.name)
 
     @property
     def rows(self) -> int:
@@ -126,13 +137,14 @@ class MilvusReader:
     def refresh(self) -> bool:
         """Take up changes of the gallery (its log, at most every SYNC_S seconds)."""
         side = self.milvus
-        if time.monotonic() - self._checked < SYNC_S or not has_log(side.client, side.gallery.name):
+        if time.monotonic() - self._checked < SYNC_S or not self._logged:
             return False
         self._checked = time.monotonic()
         side.gallery.ensure_loaded(side.client, log_name(side.gallery.name))
-        new = read_changes(side.client, side.gallery.name, self._state.generation, "Bounded")
-        if not any(c.state == "done" for c in new):
+        if not newer(side.client, side.gallery.name, self._state.generation):
             return False
+        with _one_line():
+            new = read_changes(side.client, side.gallery.name, self._state.generation)
         for change in new:
             self._state.apply(change)
         self._state.pending.clear()
@@ -179,6 +191,15 @@ class MilvusReader:
 
 
 # -- the local tier kept in step with Milvus ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """pymilvus's errors while a search catches up, as the searcher's one-line kind."""
+    try:
+        yield
+    except MilvusException as e:
+        raise ServerUnavailableError(f"not answering ({e.message})") from None
 
 
 def _fields(gallery: Gallery, modality: Modality) -> dict[str, list[str]]:
@@ -288,19 +309,19 @@ class TierSync:
         self.client, self.gallery, self.tier = client, gallery, tier
         self._checked = time.monotonic()
         self._rebuilding: threading.Thread | None = None
+        self._logged = has_log(client, gallery.name)
 
     def __call__(self) -> LocalTier:
         """The tier, up to date with this machine's writers, and with Milvus's log every
         SYNC_S seconds."""
         self.tier.refresh()
-        if time.monotonic() - self._checked >= SYNC_S and has_log(self.client, self.gallery.name):
+        if time.monotonic() - self._checked >= SYNC_S and self._logged:
             self._checked = time.monotonic()
-            name = log_name(self.gallery.name)
-            self.gallery.ensure_loaded(self.client, name)
-            new = read_changes(self.client, self.gallery.name, self.tier.generation, "Bounded")
-            if any(c.state == "done" for c in new):
-                catch_up(self.client, self.gallery, self.tier.meta.modality, self.tier.path,
-                         self.tier.generation)  # fmt: skip
+            self.gallery.ensure_loaded(self.client, log_name(self.gallery.name))
+            if newer(self.client, self.gallery.name, self.tier.generation):
+                with _one_line():
+                    catch_up(self.client, self.gallery, self.tier.meta.modality,
+                             self.tier.path, self.tier.generation)  # fmt: skip
                 self.tier.refresh()
         return self.tier
 

@@ -184,7 +184,7 @@ class MeetSearcher:
         changed = self.state.generation > len(MODALITIES) or any(self.state.deleted.values())
         live = {m: self.state.live(m) for m in MODALITIES} if changed else None
         self.gallery.check_rows(self.client, live)
-        self._stores: dict[str, TierSync | MilvusReader] = {}
+        self._stores: dict[tuple[str, str], TierSync | MilvusReader] = {}
         # One encoding at a time: the model flips eval/train state around a call, and torch
         # already spreads one call over every core (concurrent calls only oversubscribe them).
         self._model_lock = threading.Lock()
@@ -194,15 +194,16 @@ class MeetSearcher:
         """What the stages read one modality through, up to date with the gallery's changes:
         its local tier (built from Milvus when missing or stale) or, in the server-side mode,
         the Milvus collections."""
-        if gallery not in self._stores:
+        key = (self.config.tier, gallery)  # a copy with other switches shares the stores
+        if key not in self._stores:
             if self.config.tier == "local":
                 tier = open_tier(self.client, self.gallery, gallery, self.settings,
                                  state=self.state)  # fmt: skip
-                self._stores[gallery] = TierSync(self.client, self.gallery, tier)
+                self._stores[key] = TierSync(self.client, self.gallery, tier)
             else:
                 side = MilvusSide(self.client, self.gallery, gallery)
-                self._stores[gallery] = MilvusReader(side, self.state)
-        found = self._stores[gallery]
+                self._stores[key] = MilvusReader(side, self.state)
+        found = self._stores[key]
         if isinstance(found, TierSync):
             return found()
         found.refresh()
@@ -211,7 +212,7 @@ class MeetSearcher:
     def _ann_ready(self, gallery: Modality) -> None:
         """A tier without an ANN index (a gallery that started empty) gets one now; one the
         gallery outgrew is trained again in the background."""
-        sync = self._stores[gallery]
+        sync = self._stores[(self.config.tier, gallery)]
         if isinstance(sync, TierSync):
             if sync.tier.info.get("ann") is None:
                 rebuild_ann(sync.tier.path)
@@ -323,6 +324,10 @@ class MeetSearcher:
         if self._lost:
             self.reconnect()
         try:
+            store = self.store(gallery)
+            dead = store.dead()
+            if store.rows - (0 if dead is None else int(dead.sum())) == 0:
+                return [[] for _ in range(len(queries))]  # nothing of that modality (yet)
             cascade, hits = self.cascade(gallery, k), []
             # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery
             # wide.

@@ -158,9 +158,9 @@ class LocalTier:
         return True
 
     def _apply(self, info: dict[str, Any]) -> None:
-        known = {s.lo for s in self._segments}
+        known = {(s.lo, s.hi) for s in self._segments}
         for seg in info["segments"]:
-            if seg["lo"] not in known:
+            if (seg["lo"], seg["hi"]) not in known:
                 self._segments.append(_Segment(self.path / seg["name"], seg["lo"], seg["hi"]))
         self._segments.sort(key=lambda s: s.lo)
         self._starts = np.asarray([s.lo for s in self._segments], dtype=np.int64)
@@ -435,9 +435,13 @@ def write_tier(
                 f"gallery '{meta.gallery}' {meta.modality}s: {rows} rows written to its local "
                 f"tier, the gallery records {expected}; reload it"
             )
+        segments = [{"name": _segment_name(0), "lo": 0, "hi": rows}]
+        if not rows:  # an empty gallery: no segment (the first add writes one from id 0)
+            shutil.rmtree(tmp / _segment_name(0))
+            segments = []
         info = {"format": TIER_FORMAT, "gallery": meta.model_dump(), "build": uuid.uuid4().hex,
                 "generation": generation, "rows": rows, "deleted": None, "ann": None,
-                "segments": [{"name": _segment_name(0), "lo": 0, "hi": rows}]}  # fmt: skip
+                "segments": segments}  # fmt: skip
         if deleted is not None and len(deleted):
             info["deleted"] = _write_deleted(tmp, np.asarray(deleted, np.int64), generation)
         info["ann"] = build_ann(LocalTier(tmp, meta, info), generation)
@@ -515,6 +519,9 @@ def append_rows(path: Path, lo: int, chunks: Iterable[Chunk], generation: int) -
         tmp = path / f".{name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         rows = _write_segment(tmp, meta, chunks)
+        if not rows:
+            shutil.rmtree(tmp)
+            return 0
         shutil.rmtree(path / name, ignore_errors=True)  # left by a writer killed mid-rename
         tmp.rename(path / name)
         info["segments"].append({"name": name, "lo": lo, "hi": lo + rows})

@@ -20,6 +20,7 @@ from meet_milvus.cascade import (
 from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import open_gallery
 from meet_milvus.milvus_arrays import MAX_TOPK
+from meet_milvus.reader import MilvusReader, MilvusSide
 from meet_milvus.server import connect
 from tests.ties import assert_same_ranking
 
@@ -35,7 +36,9 @@ def setup(runtime_settings, demo_gallery, demo_checkpoint):
     gallery = open_gallery(client, demo_gallery, model.config.fingerprint)
     split = load_split(runtime_settings.data_dir, "demo", "test")
     images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
-    return client, gallery, model, images, texts
+    # The stages read the gallery from Milvus itself (the server-side store) in these tests.
+    stores = {m: MilvusReader(MilvusSide(client, gallery, m)) for m in ("image", "text")}
+    return stores, gallery, model, images, texts
 
 
 def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,8 +47,8 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.integration
 def test_hamming_filter_keeps_the_nearest_codes(setup):
-    client, gallery, _model, images, texts = setup
-    stage = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")
+    stores, gallery, _model, images, texts = setup
+    stage = HammingFilter(stores["image"], keep=0.5, mode="milvus")
     out = stage(texts)
     assert out.ids.shape == (100, 10)
     dist = _hamming(texts.hash_codes, images.hash_codes)
@@ -56,15 +59,15 @@ def test_hamming_filter_keeps_the_nearest_codes(setup):
 
 @pytest.mark.integration
 def test_client_hamming_scan_matches_milvus(setup):
-    client, gallery, _model, images, texts = setup
-    milvus = HammingFilter(client, gallery, "image", keep=0.5, mode="milvus")(texts)
-    scan = HammingFilter(client, gallery, "image", keep=0.5, mode="client")
+    stores, gallery, _model, images, texts = setup
+    milvus = HammingFilter(stores["image"], keep=0.5, mode="milvus")(texts)
+    scan = HammingFilter(stores["image"], keep=0.5, mode="client")
     out = scan(texts)
     assert_same_ranking(milvus.ids, milvus.scores, out.ids, out.scores)  # ties in any order
     dist = _hamming(texts.hash_codes, images.hash_codes)
     np.testing.assert_array_equal(np.take_along_axis(dist, out.ids, 1), -out.scores)
     assert scan.words().nbytes == 8 * gallery.meta["image"].rows  # 8 bytes an item, cached
-    whole = HammingFilter(client, gallery, "image", keep=1.0, mode="client")(texts)
+    whole = HammingFilter(stores["image"], keep=1.0, mode="client")(texts)
     assert sorted(whole.ids[0]) == list(range(gallery.meta["image"].rows))  # no topk cap
 
 
@@ -84,8 +87,8 @@ def test_hamming_top_handles_wide_codes_and_ties():
 
 @pytest.mark.integration
 def test_adc_reproduces_the_models_pq_ranking(setup):
-    client, gallery, model, images, texts = setup
-    stage = QuantizedFilter(client, gallery, "text", model.codebooks, keep=15)
+    stores, gallery, model, images, texts = setup
+    stage = QuantizedFilter(stores["text"], model.codebooks, keep=15)
     out = stage(images)
     expected = images.head @ model.pq_reconstruct(texts.pq_codes, "text").T
     np.testing.assert_allclose(
@@ -96,50 +99,47 @@ def test_adc_reproduces_the_models_pq_ranking(setup):
 
 @pytest.mark.integration
 def test_quantized_filter_ranks_only_the_survivors(setup):
-    client, gallery, model, images, texts = setup
-    survivors = HammingFilter(client, gallery, "text", keep=40)(images)
-    cached = QuantizedFilter(client, gallery, "text", model.codebooks, keep=0.5)(images, survivors)
-    fetched = QuantizedFilter(client, gallery, "text", model.codebooks, keep=0.5, cache=False)(
-        images, survivors
-    )
+    stores, gallery, model, images, texts = setup
+    survivors = HammingFilter(stores["text"], keep=40)(images)
+    cached = QuantizedFilter(stores["text"], model.codebooks, keep=0.5)(images, survivors)
     assert cached.width == 20
-    np.testing.assert_allclose(cached.scores, fetched.scores, atol=1e-5)
     for row, kept in zip(survivors.ids, cached.ids, strict=True):
         assert set(kept) <= set(row)
-    milvus = QuantizedFilter(client, gallery, "text", mode="milvus", keep=0.5)(images, survivors)
+    milvus = QuantizedFilter(stores["text"], mode="milvus", keep=0.5)(images, survivors)
+    assert milvus.width == 20
     for row, kept in zip(survivors.ids, milvus.ids, strict=True):
         assert set(kept[kept >= 0]) <= set(row)
 
 
 @pytest.mark.integration
 def test_exact_rescore_is_exact(setup):
-    client, gallery, _model, images, texts = setup
+    stores, gallery, _model, images, texts = setup
     sims = texts.dense @ images.dense.T
-    first = ExactRescore(client, gallery, "image", keep=5)(texts)  # Milvus FLAT search
+    first = ExactRescore(stores["image"], keep=5)(texts)  # Milvus FLAT search
     np.testing.assert_allclose(first.scores, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)
     candidates = Candidates(np.tile(np.arange(20), (100, 1)), np.zeros((100, 20), np.float32))
-    for mode in ("auto", "search", "fetch"):
-        rescored = ExactRescore(client, gallery, "image", keep=5, mode=mode)(texts, candidates)
+    for mode in ("auto", "search", "read"):
+        rescored = ExactRescore(stores["image"], keep=5, mode=mode)(texts, candidates)
         np.testing.assert_array_equal(rescored.ids, first.ids)
         np.testing.assert_allclose(rescored.scores, first.scores, atol=1e-5)
     ragged = Candidates(
         np.where(np.arange(20) < 3, np.arange(20), -1)[None].repeat(100, 0), candidates.scores
     )  # three survivors per query: the search mode returns three, then -1
-    out = ExactRescore(client, gallery, "image", keep=5, mode="search")(texts, ragged)
+    out = ExactRescore(stores["image"], keep=5, mode="search")(texts, ragged)
     assert (out.ids[:, 3:] == -1).all() and sorted(out.ids[0, :3]) == [0, 1, 2]
     with pytest.raises(MeetError, match="exact stage mode"):
-        ExactRescore(client, gallery, "image", mode="scan")
+        ExactRescore(stores["image"], mode="scan")
 
 
 @pytest.mark.integration
 def test_cascade_traces_every_stage(setup):
-    client, gallery, model, images, texts = setup
+    stores, gallery, model, images, texts = setup
     cascade = Cascade(
         [
-            HammingFilter(client, gallery, "image", keep=0.6),
-            QuantizedFilter(client, gallery, "image", model.codebooks, keep=0.7),
-            ExactRescore(client, gallery, "image", keep=5),
-            Rerank(client, gallery, "image"),
+            HammingFilter(stores["image"], keep=0.6),
+            QuantizedFilter(stores["image"], model.codebooks, keep=0.7),
+            ExactRescore(stores["image"], keep=5),
+            Rerank(stores["image"]),
         ]
     )
     start = time.perf_counter()
@@ -156,9 +156,10 @@ def test_cascade_traces_every_stage(setup):
 
 @pytest.mark.integration
 def test_batches_and_id_chunks_do_not_change_answers(setup, monkeypatch):
-    client, gallery, model, images, texts = setup
-    stage = HammingFilter(client, gallery, "text", keep=30, mode="milvus")
+    stores, gallery, model, images, texts = setup
+    stage = HammingFilter(stores["text"], keep=30, mode="milvus")
     whole = stage(images)
+    client = stores["text"].milvus.client
     gallery.ensure_loaded(client, gallery.collection("text", "dense"))
     rows = milvus_arrays.fetch(
         client, gallery.collection("text", "dense"), whole.ids[:, 0], ["image"]
@@ -204,3 +205,20 @@ def test_the_tie_aware_comparison_allows_only_ties():
         assert_same_ranking(ids, scores, ids, scores + np.array([[0, 0, 0.1, 0, 0]]))
     with pytest.raises(AssertionError):  # an id twice
         assert_same_ranking(ids, scores, np.array([[4, 1, 7, 9, 9]]), scores)
+
+
+@pytest.mark.unit
+def test_deleted_items_never_pass_the_first_stages():
+    rng = np.random.default_rng(1)
+    gal = rng.integers(0, 256, (300, 8), dtype=np.uint8)
+    dead = np.zeros(300, dtype=bool)
+    dead[rng.choice(300, 120, replace=False)] = True
+    qs = np.vstack([gal[np.flatnonzero(dead)[:3]], rng.integers(0, 256, (2, 8), np.uint8)])
+    out = hamming_top(as_words(gal), as_words(qs), 180, 64, dead)
+    assert out.ids.shape == (5, 180) and (out.ids >= 0).all()
+    assert not dead[out.ids].any()  # a deleted item's own code finds everything but itself
+    live = np.flatnonzero(~dead)
+    dist = _hamming(qs, gal[live])
+    np.testing.assert_array_equal(np.sort(-out.scores, 1), np.sort(dist, 1))
+    short = hamming_top(as_words(gal), as_words(qs), 250, 64, dead)  # more than are left
+    assert ((short.ids >= 0).sum(axis=1) == 180).all() and (short.ids[:, 180:] == -1).all()

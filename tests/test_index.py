@@ -78,6 +78,7 @@ def test_index_a_folder_then_search_update_and_delete(cli_flags, runtime_setting
         f"{'holiday/beach' if i % 2 else 'home'}/p{i}.png" for i in range(8)]])  # fmt: skip
     out = _cli(flags, "search", "a cottage", "--collection", "t_photos", "-k", "3")
     assert ".png" in out
+    assert searcher.search_image(photos / "home/p0.png", k=3) == []  # no captions: no hits
 
     # Indexing again is an upsert: nothing added, nothing doubled.
     out = _cli(flags, "index", str(photos), "--collection", "t_photos", "--quiet")

@@ -31,7 +31,7 @@ def demo_items(runtime_settings, demo_checkpoint):
     return model, split, split_items(split, images, texts, neighbours=8)
 
 
-_dense = ["dense", "source", "external_id", "image", "neighbours"]
+_dense = ["dense", "source", "external_id", "digest", "image", "neighbours"]
 
 
 def _write(client, name, model, items, **kw):

@@ -182,9 +182,12 @@ def search(
     "--plot", type=click.Path(path_type=Path),
     help="also draw R@K per method and R@10 against ms/query into this .png",
 )  # fmt: skip
+@click.option("--split", "split_spec",
+              help="the data set split DATA/SPLIT the gallery holds, in order [the one it was "
+                   "loaded from; needed for a gallery made by `index`]")  # fmt: skip
 def evaluate(
     collection, checkpoint, methods, rerank, pq_mode, hash_mode, tune, tune_pq, pq_agreement,
-    tier, first_filter, batch_size, plot,
+    tier, first_filter, batch_size, plot, split_spec,
 ) -> None:  # fmt: skip
     """Send the gallery's whole split through Milvus: R@1/5/10, rSum, stage latency and keep.
     Both re-ranking modes are reported unless --rerank names one."""
@@ -201,18 +204,27 @@ def evaluate(
     given = _given(pq_mode=pq_mode, hash_mode=hash_mode, tier=tier, filter=first_filter)
     searcher = _searcher(collection, checkpoint, **given)
     meta = searcher.gallery.meta["image"]
-    data, split_name = meta.source.rsplit("/", 1)
+    source = split_spec or meta.source
+    if "/" not in source:
+        raise ParameterError(
+            f"collection '{collection}' was not loaded from a data split: name the split it "
+            f"holds, --split DATA/SPLIT"
+        )
+    data, split_name = source.rsplit("/", 1)
     split = load_split(settings.data_dir, data, split_name)
-    rows = (searcher.gallery.rows("image"), searcher.gallery.rows("text"))
-    if rows != (split.n_images, split.n_captions):
+    # Item ids are the split's positions: every id there, none deleted.
+    state = searcher.state
+    rows = (state.bound["image"], state.bound["text"])
+    if rows != (split.n_images, split.n_captions) or any(state.deleted.values()):
         raise GalleryMismatchError(
-            f"collection '{collection}': holds {rows[0]} images and {rows[1]} captions but "
-            f"{meta.source} has {split.n_images} and {split.n_captions}; reload it"
+            f"collection '{collection}': holds {state.live('image')} images and "
+            f"{state.live('text')} captions but {source} has {split.n_images} and "
+            f"{split.n_captions}; reload it"
         )
     images, texts = encode_split(searcher.model, split, settings.cache_dir, 128, False)
     queries = {"i2t": images, "t2i": texts}
     click.echo(
-        f"{meta.source}: {split.n_images} images, {split.n_captions} captions; "
+        f"{source}: {split.n_images} images, {split.n_captions} captions; "
         f"gallery '{collection}', model {meta.fingerprint[:12]}"
     )
     if pq_agreement:
@@ -260,7 +272,7 @@ def evaluate(
             plot,
             {r.name: r.recall for r in results},
             {r.name: total_ms(r.stages) for r in results},
-            title=f"{meta.source}: {split.n_images} images, {split.n_captions} captions "
+            title=f"{source}: {split.n_images} images, {split.n_captions} captions "
             f"(gallery '{collection}')",
             note=TIE_POLICY,
         )
