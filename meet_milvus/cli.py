@@ -8,22 +8,40 @@ from pathlib import Path
 import click
 
 from meet_milvus.commands import data, retrieval, serve, server
-from meet_milvus.context import Context
+from meet_milvus.context import Context, read_token_file
 from meet_milvus.errors import MeetError
 
 
 @click.group()
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file")
 @click.option("--uri", "milvus_uri", help="Milvus URI; default: the embedded server")
-@click.option("--token", "milvus_token", help="Milvus token or user:password")
+@click.option(
+    "--token", "milvus_token", help="Milvus token (visible to all users: prefer the next)"
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="file holding the Milvus token or user:password (or MEET_MILVUS_TOKEN)",
+)
 @click.option("--db", "milvus_db", help="Milvus database name")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="data sets and Milvus data")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="downloads and feature caches")
 @click.option("--device", help="auto, cpu, cuda or cuda:N")
 @click.version_option(package_name="meet-milvus")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
+def cli(ctx: click.Context, config_file: Path | None, token_file: Path | None, **overrides) -> None:
     """MEET image-text retrieval on Milvus."""
+    if overrides.get("milvus_token") is not None:
+        if token_file is not None:
+            raise click.UsageError("give --token or --token-file, not both")
+        click.echo(
+            "warning: --token puts the credential on the command line, where every user of "
+            "this machine can read it (/proc/<pid>/cmdline); use --token-file or "
+            "MEET_MILVUS_TOKEN",
+            err=True,
+        )
+    if token_file is not None:
+        overrides["milvus_token"] = read_token_file(token_file)
     ctx.obj = Context(config_file, overrides)
 
 
