@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -60,10 +61,10 @@ def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_m
         click.echo(
             f"open {url}/#token={shown} (scripts: 'Authorization: Bearer <token>')", err=True
         )
-        try:
+        # uvicorn shuts down cleanly on Ctrl-C and re-raises it, or returns, depending on when
+        # the signal came: either way the service stopped as asked.
+        with contextlib.suppress(KeyboardInterrupt):
             serve(app, sock, log_level="warning")
-        except KeyboardInterrupt:
-            # uvicorn has shut down cleanly and re-raised Ctrl-C: the normal way to stop.
-            click.echo("stopped", err=True)
+        click.echo("stopped", err=True)
     finally:
         sock.close()
