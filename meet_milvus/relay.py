@@ -66,7 +66,7 @@ class PeerTable:
     def owner(self, peer: tuple[str, int], local: tuple[str, int]) -> int | None:
         """The uid of the socket at `peer` connected to `local` (both IPv4), or None."""
         with self._lock:
-            for ipv6, fd in self._fds.items():
+            for ipv6, fd in sorted(self._fds.items(), reverse=True):  # IPv6 first: gRPC's
                 want = (_hex_address(peer, ipv6), _hex_address(local, ipv6))
                 for fields in self._rows(fd):
                     if len(fields) > 7 and (fields[1], fields[2]) == want:
@@ -174,7 +174,8 @@ class _Pair:
         self.last = time.monotonic()
         for s in (a, b):
             s.settimeout(None)  # writes block; reads wait in poll() below, a tick at a time
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small frames
+            if s.family != socket.AF_UNIX:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small frames
 
     def run(self) -> None:
         try:

@@ -93,6 +93,12 @@ def _state(settings: Settings) -> dict:
     return json.loads((settings.milvus_dir / "server.json").read_text())
 
 
+def _running(settings: Settings) -> dict:
+    """The state of the module's server, started again if a test before stopped it."""
+    EmbeddedServer(settings).start()
+    return _state(settings)
+
+
 def _password(settings: Settings) -> str:
     return json.loads((settings.milvus_dir / "credentials.json").read_text())["password"]
 
@@ -367,20 +373,23 @@ def test_host_network_still_needs_the_credential(tmp_path):
 
 # -- another account on the same machine (issue 19) -------------------------------------------
 
+# grpc imports some of its modules on first use: imported here, before the uid changes.
 _GRPC_IMPORTS = (
-    "import base64, grpc\nfrom pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc, common_pb2"
+    "import base64, grpc, grpc._channel\nfrom pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc"
 )
 _MEMBER_ATTACK = f"""
 port = int(sys.argv[1])
 stub = milvus_pb2_grpc.MilvusServiceStub(grpc.insecure_channel(f"127.0.0.1:{{port}}"))
-member = [("sourceid", "{MEMBER}")]
+# The member header, with a password that is wrong: Milvus 2.3.5 looks no further.
+wrong = base64.b64encode(b"root:wrong").decode()
+member = [("sourceid", "{MEMBER}"), ("authorization", wrong)]
 def attempt(name, call):
     try:
         reply = call()
         status = getattr(reply, "status", reply)
         out[name] = f"answered {{status.error_code}} {{status.reason}}"
     except grpc.RpcError as e:
-        out[name] = f"refused {{e.code().name}}"
+        out[name] = f"refused {{e.code().name}} {{e.details()}}"
 attempt("list", lambda: stub.ShowCollections(milvus_pb2.ShowCollectionsRequest(),
                                              metadata=member, timeout=10))
 password = base64.b64encode(b"intruder-password").decode()
@@ -402,7 +411,7 @@ except OSError as e:
 @AS_ROOT
 @pytest.mark.integration
 def test_another_user_gets_nothing_with_the_member_header_nor_the_metrics_port(secured):
-    state = _state(secured)
+    state = _running(secured)
     out = as_stranger(
         _MEMBER_ATTACK + _METRICS_ATTACK,
         state["port"],
@@ -428,10 +437,10 @@ def test_another_user_gets_nothing_with_the_member_header_nor_the_metrics_port(s
 def test_another_users_flood_of_connections_leaves_the_server_answering(secured):
     """More connections than the relay holds, kept open by another account: the owner's
     commands still work, and `server status` / `start` say so truthfully."""
+    state = _running(secured)
     client = connect(secured)
-    client.create_collection("flooded", dimension=4)
+    client.create_collection("flooded", dimension=4, consistency_level="Strong")
     client.insert("flooded", [{"id": i, "vector": [float(i), 1.0, 0.0, 0.0]} for i in range(10)])
-    state = _state(secured)
     n = 3 * relay_module.MAX_CONNECTIONS
     flood = f"""
     held = []
@@ -444,7 +453,7 @@ def test_another_users_flood_of_connections_leaves_the_server_answering(secured)
     sys.stdout.write("held\\n"); sys.stdout.flush()
     time.sleep(float(sys.argv[2]))
     """
-    script = "\n".join(["import json, os, socket, sys, time",
+    script = "\n".join(["import encodings.idna, json, os, socket, sys, time",
                         "os.setgroups([]); os.setgid(65534); os.setuid(65534)", "out = {}",
                         textwrap.dedent(flood), "print(json.dumps(out))"])  # fmt: skip
     child = subprocess.Popen([sys.executable, "-c", script, str(state["port"]), "20"],
@@ -468,7 +477,7 @@ def test_another_users_flood_of_connections_leaves_the_server_answering(secured)
 
 @pytest.mark.integration
 def test_the_owners_connections_past_the_bound_are_refused_then_search_works(secured):
-    state = _state(secured)
+    state = _running(secured)
     held = []
     try:
         for _ in range(relay_module.MAX_CONNECTIONS + 8):
@@ -489,7 +498,7 @@ def test_the_owners_connections_past_the_bound_are_refused_then_search_works(sec
             s.close()
     time.sleep(1)
     client = connect(Settings(**secured.model_dump()))
-    client.create_collection("after_flood", dimension=4)
+    client.create_collection("after_flood", dimension=4, consistency_level="Strong")
     client.insert("after_flood", [{"id": 3, "vector": [0.0, 0.0, 3.0, 0.0]}])
     assert client.search("after_flood", [[0.0, 0.0, 1.0, 0.0]], limit=1)[0][0]["id"] == 3
     client.drop_collection("after_flood")

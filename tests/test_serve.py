@@ -21,7 +21,13 @@ from PIL import Image
 
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.web.app import MAX_BODY, Switches, create_app
-from meet_milvus.web.browser import chromium_missing, chromium_page, loaded_images, search_text
+from meet_milvus.web.browser import (
+    chromium_missing,
+    chromium_page,
+    loaded_images,
+    search_text,
+    wait_until,
+)
 from meet_milvus.web.run import serving
 
 
@@ -308,9 +314,9 @@ def test_the_page_in_headless_chromium(searcher, split):
         page.goto(f"{url}/")  # no token: the page says what it needs
         page.wait_for_selector("#error:not([hidden])")
         assert "access token" in page.text_content("#error")
-        page.goto(f"{url}/#token={token}")  # the link `serve` prints
-        page.wait_for_function("location.hash === ''")  # the token leaves the address bar
-        assert page.url == f"{url}/"
+        page.goto(f"{url}/#token={token}")  # the link `serve` prints, in the same tab
+        wait_until(page, "() => document.body.dataset.ready === '1'")
+        assert page.url == f"{url}/"  # the token left the address bar
         assert page.context.cookies() == []  # and goes into no cookie
         search_text(page, url, split.captions[0], k=5)  # types it and presses Enter
         widths = loaded_images(page)
@@ -328,7 +334,7 @@ def test_the_page_in_headless_chromium(searcher, split):
         page.wait_for_selector("ol.captions li")
         captions = page.locator("ol.captions .caption").all_text_contents()
         assert len(captions) == 5 and all(c in split.captions for c in captions)
-        page.wait_for_function("document.querySelector('#query-preview').naturalWidth > 0")
+        wait_until(page, "() => document.querySelector('#query-preview').naturalWidth > 0")
         assert page.is_visible("#query-image")
 
         page.fill("#q", "   ")

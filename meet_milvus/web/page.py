@@ -88,11 +88,17 @@ PAGE = """<!doctype html>
 const $ = (id) => document.getElementById(id);
 let info = null;
 const TOKEN_KEY = "meet-milvus-token";
-const given = new URLSearchParams(location.hash.slice(1)).get("token");
-if (given) {
+
+function takeToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!given) return false;
   sessionStorage.setItem(TOKEN_KEY, given);
   history.replaceState(null, "", location.pathname);  // the token leaves the address bar
+  return true;
 }
+takeToken();
+// The link opened in a tab already showing the page changes only the fragment: no reload.
+window.addEventListener("hashchange", () => { if (takeToken()) loadInfo(); });
 
 function withToken(init = {}) {
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -227,15 +233,19 @@ $("upload").addEventListener("change", () => {
   $("upload").value = "";
 });
 
-call("/api/info").then((i) => {
-  info = i;
-  $("gallery").textContent = `gallery ${i.collection} · model ${i.model}`;
-  for (const box of document.querySelectorAll("[data-switch]")) {
-    box.checked = Boolean(i.config[box.dataset.switch]);
-  }
-  $("k").max = i.max_k;
-  document.body.dataset.ready = "1";
-}).catch((e) => showError(`the service did not answer: ${e.message}`));
+function loadInfo() {
+  showError("");
+  call("/api/info").then((i) => {
+    info = i;
+    $("gallery").textContent = `gallery ${i.collection} · model ${i.model}`;
+    for (const box of document.querySelectorAll("[data-switch]")) {
+      box.checked = Boolean(i.config[box.dataset.switch]);
+    }
+    $("k").max = i.max_k;
+    document.body.dataset.ready = "1";
+  }).catch((e) => showError(`the service did not answer: ${e.message}`));
+}
+loadInfo();
 </script>
 </body>
 </html>
