@@ -571,6 +571,27 @@ def test_the_relay_admits_only_its_owners_connections():
 
 
 @pytest.mark.unit
+def test_the_peer_lookup_and_its_fallback_agree():
+    """sock_diag (one kernel lookup) and the TCP tables (where sock_diag is missing) give the
+    same owner, for gRPC's IPv6 sockets too, and None for a connection that does not exist."""
+    table = PeerTable()
+    if table._netlink is None:
+        pytest.skip("no sock_diag netlink here: only the tables' path runs")
+    server = socket.create_server(("127.0.0.1", 0))
+    with socket.create_connection(server.getsockname()), socket.socket(socket.AF_INET6) as v6:
+        v6.connect(("::ffff:127.0.0.1", server.getsockname()[1]))
+        for _ in range(2):
+            conn, peer = server.accept()
+            with conn:
+                local = conn.getsockname()
+                assert table._ask(peer, local) == table._look_up(peer, local) == os.getuid()
+                gone = (peer[0], 1)
+                assert table._ask(gone, local) is None and table._look_up(gone, local) is None
+    server.close()
+    table.close()
+
+
+@pytest.mark.unit
 def test_the_relay_is_bounded_closes_idle_connections_and_keeps_accepting():
     relay, port, _ = _relay(max_connections=3, idle_timeout=1.0)
     conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
