@@ -12,9 +12,13 @@ it advertises, tried here), and its authentication lets through any client that 
 cluster-member `sourceId` header. So by default (`embedded_network = "isolated"`) it runs in a
 network namespace of its own, whose only interface is its loopback, and nothing it opens is
 reachable from outside. A supervisor process (`_supervise`, below) holds 127.0.0.1:<proxy port>
-and 127.0.0.1:<metrics port> on this machine and relays them into that namespace. Where the
-kernel allows no namespace (no user namespaces, macOS), starting fails with a one-line error,
-unless `embedded_network = "host"` accepts a server on all interfaces.
+on this machine and relays it into that namespace for the owner's connections only
+(`meet_milvus.relay`: loopback is shared by every account of the machine). The metrics port,
+whose endpoints change settings, is not relayed: the supervisor checks its health inside the
+namespace and answers on a socket in the 0700 milvus dir. Where the kernel allows no namespace
+(no user namespaces, macOS), starting fails with a one-line error, unless
+`embedded_network = "host"` with `embedded_host_network_confirmed` accepts a server on all
+interfaces, exposed.
 
 Authentication is on. At the first start root's default password ("Milvus") is replaced by a
 generated one, stored in `<milvus dir>/credentials.json` (mode 0600) and used by `connect`;
