@@ -1,8 +1,9 @@
 """The search service: `create_app(searcher)` -> a FastAPI application.
 
 Why FastAPI (on uvicorn): requests and responses are pydantic models, which the project already
-uses for `SearchConfig` and `Hit`, so validation, JSON and the OpenAPI description (/openapi.json) come
-from the same types; it is well kept, and its TestClient lets the tests call the app in-process.
+uses for `SearchConfig` and `Hit`, so validation, JSON and the OpenAPI description
+(/openapi.json) come from the same types; it is well kept, and its TestClient lets the tests call
+the app in-process.
 No hand-written HTTP server: parsing, multipart uploads (python-multipart) and limits are the
 part to leave to maintained code.
 
