@@ -149,14 +149,8 @@ def search(
     "methods",
     multiple=True,
     type=click.Choice(
-        [
-            "dense exact",
-            "hash only",
-            "PQ only",
-            "cascade",
-            "cascade + re-ranking",
-            "cascade + reference re-ranking",
-        ]
+        ["dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking",
+         "cascade + reference re-ranking"]
     ),  # fmt: skip
     help="methods to run [all]",
 )
