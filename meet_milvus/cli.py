@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from meet_milvus.commands import data, retrieval, serve, server
-from meet_milvus.context import Context, read_token_file
-from meet_milvus.errors import MeetError
+from meet_milvus.context import Context
+from meet_milvus.errors import MeetError, ParameterError
 
 
 @click.group()
@@ -75,6 +75,20 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (its first line), for --token-file."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            token = fh.readline(4096).strip()
+    except OSError as e:
+        raise ParameterError(f"--token-file {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ParameterError(f"--token-file {path}: not UTF-8 text") from None
+    if not token:
+        raise ParameterError(f"--token-file {path}: empty")
+    return token
 
 
 def _one_line(message: str) -> str:

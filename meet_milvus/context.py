@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from meet_milvus.config import Settings, load_settings
-from meet_milvus.errors import ParameterError
 
 
 class Context:
@@ -27,20 +26,6 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def read_token_file(path: Path) -> str:
-    """The token in `path` (its first line), for --token-file."""
-    try:
-        with path.open(encoding="utf-8") as fh:
-            token = fh.readline(4096).strip()
-    except OSError as e:
-        raise ParameterError(f"--token-file {path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ParameterError(f"--token-file {path}: not UTF-8 text") from None
-    if not token:
-        raise ParameterError(f"--token-file {path}: empty")
-    return token
 
 
 def current_settings() -> Settings:
