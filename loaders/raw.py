@@ -338,7 +338,11 @@ def _image_path(root: Path, listed: str, listed_in: Path, allow_outside: bool) -
         raise DataSetError(f"{listed_in}: image path {listed!r} contains a NUL character")
     rel = Path(listed)
     climbs = Path(os.path.normpath(rel)).parts[:1] == ("..",)
-    if not allow_outside and (rel.is_absolute() or climbs):
+    # A symlink under the folder may lead anywhere: the real path is what counts.
+    inside = not (rel.is_absolute() or climbs) and (root / rel).resolve().is_relative_to(
+        root.resolve()
+    )
+    if not allow_outside and not inside:
         raise DataSetError(
             f"{listed_in}: image path {listed!r} leads outside the image folder {root}; "
             "allow it explicitly (--allow-outside-images)"

@@ -9,21 +9,39 @@ import click
 
 from meet_milvus.commands import data, gallery, retrieval, serve, server
 from meet_milvus.context import Context
-from meet_milvus.errors import MeetError
+from meet_milvus.errors import MeetError, ParameterError
 
 
 @click.group()
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file")
 @click.option("--uri", "milvus_uri", help="Milvus URI; default: the embedded server")
-@click.option("--token", "milvus_token", help="Milvus token or user:password")
+@click.option(
+    "--token", "milvus_token", help="Milvus token (visible to all users: prefer the next)"
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="file holding the Milvus token or user:password (or MEET_MILVUS_TOKEN)",
+)
 @click.option("--db", "milvus_db", help="Milvus database name")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="data sets and Milvus data")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="downloads and feature caches")
 @click.option("--device", help="auto, cpu, cuda or cuda:N")
 @click.version_option(package_name="meet-milvus")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None, **overrides) -> None:
+def cli(ctx: click.Context, config_file: Path | None, token_file: Path | None, **overrides) -> None:
     """MEET image-text retrieval on Milvus."""
+    if overrides.get("milvus_token") is not None:
+        if token_file is not None:
+            raise click.UsageError("give --token or --token-file, not both")
+        click.echo(
+            "warning: --token puts the credential on the command line, where every user of "
+            "this machine can read it (/proc/<pid>/cmdline); use --token-file or "
+            "MEET_MILVUS_TOKEN",
+            err=True,
+        )
+    if token_file is not None:
+        overrides["milvus_token"] = read_token_file(token_file)
     ctx.obj = Context(config_file, overrides)
 
 
@@ -57,6 +75,20 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (its first line), for --token-file."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            token = fh.readline(4096).strip()
+    except OSError as e:
+        raise ParameterError(f"--token-file {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ParameterError(f"--token-file {path}: not UTF-8 text") from None
+    if not token:
+        raise ParameterError(f"--token-file {path}: empty")
+    return token
 
 
 def _one_line(message: str) -> str:

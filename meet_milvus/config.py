@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from meet_milvus.errors import ParameterError
 
 DEFAULT_HOME = Path(os.environ.get("MEET_HOME", Path.home() / ".meet-milvus"))
 CONFIG_FILE_ENV = "MEET_CONFIG"
-DEFAULT_CONFIG_FILE = Path("meet-milvus.toml")
-# scheme://user:password@host -> scheme://***@host, anywhere in a text.
-_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@]+@", re.IGNORECASE)
+# The user's own config file; never one in the current directory, where a cloned repository
+# could plant settings (a cache_dir holding a binary of its making).
+USER_CONFIG_FILE = DEFAULT_HOME / "meet-milvus.toml"
+CWD_CONFIG_FILE = Path("meet-milvus.toml")
+# scheme://user:password@host -> scheme://***@host, anywhere in a text; the user info runs to
+# the last "@" before the host (a password may hold one).
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.IGNORECASE)
 
 
 def redact_uri(text: str) -> str:
@@ -52,6 +64,11 @@ class Settings(BaseSettings):
         "isolated",
         description="isolated: the embedded Milvus gets a network of its own, only its port on "
         "127.0.0.1 reaches it; host: it listens on all interfaces (Milvus 2.3.5 cannot bind one)",
+    )
+    embedded_host_network_confirmed: bool = Field(
+        False,
+        description='confirms embedded_network = "host", which exposes Milvus\'s internal ports '
+        "and its password-free cluster-member access to the network",
     )
     embedded_gc_interval: int = Field(
         300, ge=10, le=86400, description="seconds between the embedded Milvus's file collections"
@@ -102,6 +119,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return None if v is None else Path(v).expanduser()
+
+    @field_serializer("milvus_uri", when_used="json")
+    def _uri_out(self, v: str | None) -> str | None:
+        # JSON is for showing and logging: the URI's password stays out (model_dump keeps it,
+        # to copy settings).
+        return redact_uri(v) if v else v
 
     def __repr_args__(self) -> Any:
         # The token is a SecretStr already; a URI may carry user:password too.
@@ -154,8 +177,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from `overrides` (CLI flags; None = unset) > MEET_* env > TOML > defaults."""
     path = config_file or os.environ.get(CONFIG_FILE_ENV)
-    if path is None and DEFAULT_CONFIG_FILE.is_file():
-        path = DEFAULT_CONFIG_FILE
+    if path is None and USER_CONFIG_FILE.is_file():
+        path = USER_CONFIG_FILE
+    elif path is None and CWD_CONFIG_FILE.is_file():
+        print(
+            f"note: ./{CWD_CONFIG_FILE} is not read (settings come from --config, "
+            f"{CONFIG_FILE_ENV} or {USER_CONFIG_FILE}); pass --config {CWD_CONFIG_FILE} to use it",
+            file=sys.stderr,
+        )
     file_values = _read_toml(Path(path)) if path else {}
     env_keys = {k[5:].lower() for k in os.environ if k.upper().startswith("MEET_")}
     # The environment outranks the file: drop file values the environment sets.

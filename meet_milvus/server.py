@@ -12,9 +12,13 @@ it advertises, tried here), and its authentication lets through any client that 
 cluster-member `sourceId` header. So by default (`embedded_network = "isolated"`) it runs in a
 network namespace of its own, whose only interface is its loopback, and nothing it opens is
 reachable from outside. A supervisor process (`_supervise`, below) holds 127.0.0.1:<proxy port>
-and 127.0.0.1:<metrics port> on this machine and relays them into that namespace. Where the
-kernel allows no namespace (no user namespaces, macOS), starting fails with a one-line error,
-unless `embedded_network = "host"` accepts a server on all interfaces.
+on this machine and relays it into that namespace for the owner's connections only
+(`meet_milvus.relay`: loopback is shared by every account of the machine). The metrics port,
+whose endpoints change settings, is not relayed: the supervisor checks its health inside the
+namespace and answers on a socket in the 0700 milvus dir. Where the kernel allows no namespace
+(no user namespaces, macOS), starting fails with a one-line error, unless
+`embedded_network = "host"` with `embedded_host_network_confirmed` accepts a server on all
+interfaces, exposed.
 
 Authentication is on. At the first start root's default password ("Milvus") is replaced by a
 generated one, stored in `<milvus dir>/credentials.json` (mode 0600) and used by `connect`;
@@ -54,6 +58,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -69,11 +74,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from meet_milvus.config import Settings, redact_uri
-from meet_milvus.errors import ServerUnavailableError
+from meet_milvus.config import DEFAULT_HOME, Settings, redact_uri
+from meet_milvus.errors import ParameterError, ServerUnavailableError
 from meet_milvus.gallery_layout import MILVUS_LITE
 from meet_milvus.inputs import check_seconds
 from meet_milvus.private import private_dir, write_private
+from meet_milvus.relay import PeerTable, Relay
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -88,6 +94,20 @@ _GRACEFUL_STOP_S = 5  # Milvus's own limit on its graceful stop
 _ROOT = "root"
 _DEFAULT_ROOT_PASSWORD = "Milvus"  # what Milvus gives root when it creates its metadata
 _EXIT_SETUP = 70  # the supervisor could not set the server up; why is in its error file
+_HEALTH_SOCKET = "health.sock"  # in the milvus dir: the supervisor answers health checks there
+_DEFAULT_ETCD_ROOT = "by-dev"
+_ETCD_ROOT = re.compile(r"by-dev|meet-[0-9a-f]{32}")
+# sha256 of the unpacked server per package content: outside the cache, which a config names.
+_BINARY_HASHES = DEFAULT_HOME / "milvus-binaries.json"
+_RUNTIME_DIR = "/tmp/milvus"  # shared by every user: Milvus 2.3.5 has no setting for it
+_HOST_EXPOSES = (
+    "the host network exposes Milvus's proxy, metrics and internal ports on every interface, and "
+    "Milvus 2.3.5 admits any client that sends its cluster-member header, without a password"
+)
+HOST_NETWORK_RISK = (
+    f'embedded_network = "host": {_HOST_EXPOSES}; set embedded_host_network_confirmed = true '
+    f"(MEET_EMBEDDED_HOST_NETWORK_CONFIRMED=1) to run it so anyway"
+)
 
 # The ports besides the proxy's: placeholders of the package's config template, then ours.
 _PORT_KEYS = (
@@ -179,7 +199,7 @@ class EmbeddedServer:
             if state and _state_alive(state):
                 try:
                     self._wait_ready(state, timeout)
-                    return self.status()
+                    return self._answering()
                 except _ExitedEarly:
                     pass  # it died while we looked (a crash): a new one starts below
             if state:
@@ -194,7 +214,7 @@ class EmbeddedServer:
                 try:
                     self._wait_ready(state, max(1.0, deadline - time.monotonic()))
                     self._authenticate(_local_uri(state["port"]))
-                    return self.status()
+                    return self._answering()
                 except _PortTaken:
                     # Another program took a port between our check and its bind.
                     self._terminate(state, STOP_TIMEOUT)
@@ -239,7 +259,7 @@ class EmbeddedServer:
         found = ServerStatus(
             False, found.uri, self.directory, self.log, pid=state["pid"], network=network
         )
-        if not _healthy(state["metrics_port"]):
+        if not self._healthy(state):
             return found
         token = self.token()
         # An alias of its own: closing it must not close a caller's shared connection.
@@ -251,6 +271,24 @@ class EmbeddedServer:
         except Exception:  # a proxy not answering yet counts as not running
             return found
         return ServerStatus(True, found.uri, self.directory, self.log, found.pid, version, network)
+
+    def _answering(self) -> ServerStatus:
+        """The status of a server just started or found: it must answer with its version, or
+        the start is not a success."""
+        found = self.status()
+        if not found.running or not found.version:
+            raise ServerUnavailableError(
+                f"embedded Milvus (pid {found.pid}) does not answer at {found.uri}; "
+                f"see its log {self.log}"
+            )
+        return found
+
+    def _healthy(self, state: dict) -> bool:
+        # Isolated, the metrics port stays inside the server's network: its supervisor checks it
+        # there and answers on a socket in the (0700) milvus dir.
+        if state.get("health") == _HEALTH_SOCKET:
+            return _health_answer(self.directory / _HEALTH_SOCKET)
+        return _healthy(state["metrics_port"])
 
     def token(self) -> str:
         """The stored credential as a Milvus token ("root:<password>"), or "" before the first
@@ -301,12 +339,16 @@ class EmbeddedServer:
 
     def _launch(self, die_with_parent: bool) -> dict:
         port = self.settings.embedded_port
+        network = self.settings.embedded_network
+        if network == "host" and not self.settings.embedded_host_network_confirmed:
+            raise ParameterError(HOST_NETWORK_RISK)
         if not _port_free(port):
             raise _port_in_use(port)
+        _check_runtime_dir()
         exe = (_binaries(self.settings.cache_dir) / "milvus").absolute()
         ports = self._choose_ports()
-        configs = self._write_configs(port, ports)
-        network = self.settings.embedded_network
+        etcd_root = self._etcd_root()
+        configs = self._write_configs(port, ports, etcd_root)
         alias = f"meet{port}"  # names Milvus's pid file /run/milvus/standalone-<alias>.pid
         spec = {
             "milvus": [str(exe), "run", "standalone", "-alias", alias],
@@ -323,9 +365,14 @@ class EmbeddedServer:
                 ),
             },
             "network": network,
-            # Isolated, these two are relayed from this machine's 127.0.0.1 into its network.
-            "host_ports": [port, ports["metrics_port"]],
+            # Isolated, the proxy's port is relayed from this machine's 127.0.0.1 into its
+            # network, for this user only; the metrics port is not (it turns authentication off).
+            "proxy_port": port,
+            "metrics_port": ports["metrics_port"],
+            "owner": os.getuid(),
+            "health_socket": str(self.directory / _HEALTH_SOCKET),
             "etcd_port": ports["etcd_port"],
+            "etcd_root": etcd_root,
             "alias": alias,
             "log": str(self.log),
             "log_max_bytes": LOG_MAX_BYTES,
@@ -366,6 +413,8 @@ class EmbeddedServer:
             "ports": ports,
             "alias": alias,
             "network": network,
+            "etcd_root": etcd_root,
+            "health": _HEALTH_SOCKET if network == "isolated" else "metrics",
             "version": _package_version(),
             "started": time.time(),
         }
@@ -392,7 +441,20 @@ class EmbeddedServer:
         write_private(saved_file, json.dumps(ports, indent=2))
         return ports
 
-    def _write_configs(self, port: int, ports: dict[str, int]) -> Path:
+    def _etcd_root(self) -> str:
+        """Milvus's etcd root path for this data dir: random, so that no key is the default
+        ("by-dev", which its metrics port takes as a password); a data dir whose etcd was made
+        before keeps "by-dev" (a new root would hide its collections)."""
+        path = self.directory / "etcd-root.json"
+        root = _read_json(path).get("root")
+        if isinstance(root, str) and _ETCD_ROOT.fullmatch(root):
+            return root
+        made = (self.directory / "data" / "etcd.data").exists()
+        root = _DEFAULT_ETCD_ROOT if made else f"meet-{secrets.token_hex(16)}"
+        write_private(path, json.dumps({"root": root}))
+        return root
+
+    def _write_configs(self, port: int, ports: dict[str, int], etcd_root: str) -> Path:
         data = self.directory / "data"
         configs = self.directory / "configs"
         for d in (data, configs, self.log.parent):
@@ -434,6 +496,11 @@ class EmbeddedServer:
             (r"^(log:\n  level: )\w+", level, 1),
             (r"^(    interval: )\d+(?= # gc interval)", self.settings.embedded_gc_interval, 1),
             (r"^(    dropTolerance: )\d+", self.settings.embedded_gc_drop_tolerance, 1),
+            (
+                r"^(  rootPath: )by-dev(?= # The root path where data is stored in etcd)",
+                etcd_root,
+                1,
+            ),  # fmt: skip
         ):
             template, found = re.subn(pattern, rf"\g<1>{value}", template, flags=re.M)
             if found != count:
@@ -457,7 +524,7 @@ class EmbeddedServer:
 
     def _wait_ready(self, state: dict, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not _healthy(state["metrics_port"]):
+        while not self._healthy(state):
             if not _state_alive(state):
                 raise self._start_failure(state)
             if time.monotonic() > deadline:
@@ -482,9 +549,10 @@ class EmbeddedServer:
         if failure.get("kind") == "isolation":
             return ServerUnavailableError(
                 f"embedded Milvus: cannot give it a network of its own ({failure.get('detail')}), "
-                f"and Milvus 2.3.5 alone listens on all interfaces; set embedded_network = "
-                f'"host" (MEET_EMBEDDED_NETWORK=host) to run it so anyway, or point --uri '
-                f"at a server of your own"
+                f"and Milvus 2.3.5 alone listens on all interfaces; point --uri at a server "
+                f"of your own, or (on a machine no one else uses, in a network you trust) set "
+                f'embedded_network = "host" and embedded_host_network_confirmed = true: '
+                f"{_HOST_EXPOSES}"
             )
         if failure:
             return ServerUnavailableError(
@@ -768,31 +836,126 @@ def _package_version() -> str:
 
 
 def _binaries(cache_dir: Path) -> Path:
-    """The package's Milvus binary and libraries, unpacked once per version into the cache."""
+    """The package's Milvus binary and libraries, unpacked once per version into the cache.
+
+    What is run must be what the package shipped and can have been put there by no one else:
+    every folder and file from the cache dir down is the user's and writable by no other account
+    (`_check_owned`), and the files hash as the package's own did when unpacked (recorded in the
+    user's home, `_BINARY_HASHES`, not in the cache); anything else is unpacked again.
+    """
     target = cache_dir / "milvus" / _package_version() / "bin"
-    if (target / "milvus").is_file():
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_owned(cache_dir, target)
+    packed = sorted((_package_dir() / "data" / "bin").glob("*.lzma"))
+    key = hashlib.sha256(json.dumps(_hash_files(packed), sort_keys=True).encode()).hexdigest()
+    expected = _owned_json(_BINARY_HASHES).get(key)
+    if _unpacked_match(target, expected):
         return target
-    source = _package_dir() / "data" / "bin"
+    files = _unpack(packed, target, cache_dir)
+    record = _owned_json(_BINARY_HASHES)
+    _BINARY_HASHES.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(_BINARY_HASHES, json.dumps({**record, key: files}, indent=2))
+    if not _unpacked_match(target, files):
+        raise ServerUnavailableError(
+            f"embedded Milvus: {target} does not hold what the package 'milvus' shipped "
+            f"(changed while it was unpacked?); remove it to unpack the server again"
+        )
+    return target
+
+
+def _unpack(packed: list[Path], target: Path, cache_dir: Path) -> dict[str, str]:
+    """Unpack the package's files into `target`; their names and sha256 hashes."""
     tmp = target.with_name(f"bin.tmp{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for packed in source.glob("*.lzma"):
-            unpacked = tmp / packed.name.removesuffix(".lzma")
-            with lzma.open(packed) as src, unpacked.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        tmp.mkdir(mode=0o755, parents=True)
+        _check_owned(cache_dir, tmp)
+        files = {}
+        for source in packed:
+            unpacked = tmp / source.name.removesuffix(".lzma")
+            digest = hashlib.sha256()
+            with lzma.open(source) as src, unpacked.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
             unpacked.chmod(0o755)
-        if not (tmp / "milvus").is_file():
-            raise ServerUnavailableError(f"embedded Milvus: no Milvus binary in {source}")
+            files[unpacked.name] = digest.hexdigest()
+        if "milvus" not in files:
+            raise ServerUnavailableError(f"embedded Milvus: no Milvus binary in {packed[0].parent}")
+        shutil.rmtree(target, ignore_errors=True)  # what was there did not match
         with contextlib.suppress(OSError):  # another process may have won the race
             tmp.rename(target)
+        return files
     except OSError as e:
         raise ServerUnavailableError(
             f"embedded Milvus: cannot unpack the server into {target} ({e})"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def _owned_json(path: Path) -> dict:
+    """`path`'s JSON object when the file is this user's and writable by no one else, else {}."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return {}
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return {}
+    return _read_json(path)
+
+
+def _check_owned(cache_dir: Path, target: Path) -> None:
+    """Refuse to run anything under `target` unless every existing folder and file from
+    `cache_dir` down to it (and in it) is this user's and writable by no one else."""
+    cache_dir, target = cache_dir.absolute(), target.absolute()
+    chain = [p for p in (*reversed(target.parents), target) if p.is_relative_to(cache_dir)]
+    if target.is_dir():
+        chain += sorted(target.iterdir())
+    for path in chain:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise ServerUnavailableError(
+                f"embedded Milvus: cannot check {path} ({e.strerror})"
+            ) from None
+        why = None
+        if stat.S_ISLNK(info.st_mode):
+            why = "is a symbolic link"
+        elif info.st_uid != os.getuid():
+            why = f"belongs to uid {info.st_uid}"
+        elif info.st_mode & 0o022:
+            why = f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+        if why:
+            raise ServerUnavailableError(
+                f"embedded Milvus: {path} {why}, so the server binary under it could have been "
+                f"planted; refused to run it (make the cache dir yours and not group/other-"
+                f"writable, or set cache_dir to one that is)"
+            )
+
+
+def _hash_files(paths: list[Path]) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        found[path.name] = digest.hexdigest()
+    return found
+
+
+def _unpacked_match(target: Path, files: object) -> bool:
+    """Whether `target` holds exactly `files` (name -> sha256), no more, no less."""
+    if not isinstance(files, dict) or not target.is_dir():
+        return False
+    try:
+        present = sorted(target.iterdir())
+        return {p.name for p in present} == set(files) and _hash_files(present) == files
+    except OSError:
+        return False
 
 
 def _port_free(port: int) -> bool:
@@ -878,7 +1041,7 @@ def _listens(pid: int, port: int | None) -> bool:
     return False
 
 
-def _drop_sessions(etcd_port: int | None) -> None:
+def _drop_sessions(etcd_port: int | None, root: str = _DEFAULT_ETCD_ROOT) -> None:
     """Delete the Milvus components' sessions from its embedded etcd, in one transaction.
 
     Only for an etcd known to be the stopping server's: the components of whichever server's
@@ -897,7 +1060,7 @@ def _drop_sessions(etcd_port: int | None) -> None:
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()
 
-    prefix = "by-dev/meta/session/"  # etcd.rootPath / metaSubPath / session, as configured
+    prefix = f"{root}/meta/session/"  # etcd.rootPath / metaSubPath / session, as configured
     try:
         found = call("kv/range", {"key": b64(prefix), "range_end": b64(prefix[:-1] + "0")})
         # Sessions hold a lease; the one key without (the server-id counter) must stay.
@@ -964,6 +1127,50 @@ def _healthy(metrics_port: int) -> bool:
         return False
 
 
+def _health_answer(path: Path) -> bool:
+    """Whether the supervisor listening at `path` finds its server healthy."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(_unix_address(path))
+            return s.recv(16) == b"OK"
+    except OSError:
+        return False
+
+
+def _unix_address(path: Path) -> str:
+    # A Unix socket's address holds at most 107 bytes; a deeper one is reached through the
+    # descriptor of its folder (Linux), whatever the length of the folder's path.
+    if len(os.fsencode(path)) < 100:
+        return str(path)
+    fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    _held_dirs.append(fd)  # kept open: a few per process at most (one per data dir)
+    return f"/proc/self/fd/{fd}/{path.name}"
+
+
+_held_dirs: list[int] = []
+
+
+def _check_runtime_dir() -> None:
+    """Milvus 2.3.5 keeps its server-id files (and, unless it may write /run/milvus, its pid
+    files) in /tmp/milvus, and exits 255 without a word when it cannot write there (a
+    /tmp/milvus made 0700 by another user); no setting moves it, so say so before launching."""
+    path = Path(_RUNTIME_DIR)
+    usable = path if path.is_dir() else path.parent
+    if os.access(usable, os.W_OK | os.X_OK) and not path.is_symlink():
+        return
+    try:
+        info = path.lstat()
+        held = f"belongs to uid {info.st_uid} (mode {stat.S_IMODE(info.st_mode):o})"
+    except OSError as e:
+        held = f"cannot be made ({e.strerror})"
+    raise ServerUnavailableError(
+        f"embedded Milvus: {path} {held}; Milvus 2.3.5 keeps its runtime files there and cannot "
+        f"be told another folder: ask the owner of {path} to remove it, or point --uri at a "
+        f"server of your own"
+    )
+
+
 def _log_hint(log: Path) -> str:
     """Why a start failed, from its log: the last error logged before the crash, or the panic."""
     try:
@@ -1009,9 +1216,11 @@ _CLONE_NEWNET = 0x40000000
 def _supervise() -> None:
     """Run Milvus as `sys.argv[1]` (a spec written by `_launch`) says, until it exits.
 
-    Isolated: bind the relayed ports on this machine's 127.0.0.1 first, then move into a new
-    network namespace, where Milvus starts and listens. Then: write its output to the rotated
-    log, relay connections, and on SIGTERM drop its sessions and stop it.
+    Isolated: bind the proxy's port on this machine's 127.0.0.1 and open the machine's TCP
+    table (who owns each connection) first, then move into a new network namespace, where
+    Milvus starts and listens. Then: write its output to the rotated log, relay the owner's
+    connections (`meet_milvus.relay`), answer health checks on a socket in the milvus dir, and
+    on SIGTERM drop its sessions and stop it.
     """
     spec = json.loads(Path(sys.argv[1]).read_text())
     os.umask(0o077)  # what Milvus writes is private too
@@ -1022,9 +1231,11 @@ def _supervise() -> None:
     isolated = spec["network"] == "isolated"
     try:
         # Before any thread starts: a process must be single-threaded to leave its namespaces.
-        listeners = _host_listeners(spec["host_ports"]) if isolated else []
+        listener = _host_listener(spec["proxy_port"]) if isolated else None
+        peers = _peer_table() if isolated else None
         if isolated:
             _own_network()
+            health = _health_listener(Path(spec["health_socket"]))
         env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **spec["env"]}
         try:
             milvus = subprocess.Popen(
@@ -1045,10 +1256,14 @@ def _supervise() -> None:
     assert milvus.stdout is not None
     pump = threading.Thread(target=log.pump, args=(milvus.stdout,), daemon=True)
     pump.start()
-    for listener, port in listeners:
-        threading.Thread(target=_relay_accept, args=(listener, port), daemon=True).start()
-    if isolated:
-        log.note("INFO", f"isolated: relaying 127.0.0.1:{spec['host_ports']} into its network")
+    if listener is not None and peers is not None:
+        port = spec["proxy_port"]
+        relay = Relay(listener, ("127.0.0.1", port), spec["owner"], peers, note=log.note)
+        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        checks = threading.Thread(target=_serve_health, args=(health, spec["metrics_port"]))
+        checks.daemon = True
+        checks.start()
+        log.note("INFO", f"isolated: relaying 127.0.0.1:{port} for uid {spec['owner']}")
     stopped = False
     while True:
         try:
@@ -1060,30 +1275,64 @@ def _supervise() -> None:
             # Isolated, any etcd in this network is this server's; on the host network the port
             # may have been taken over by another server's etcd, so check who holds it.
             if isolated or _listens(milvus.pid, spec["etcd_port"]):
-                _drop_sessions(spec["etcd_port"])
+                _drop_sessions(spec["etcd_port"], spec["etcd_root"])
             milvus.send_signal(signal.SIGTERM)
             stopped = True
     pump.join(timeout=10)
     with contextlib.suppress(OSError):
         Path(f"/tmp/milvus/server_id_{milvus.pid}").unlink()
     _remove_pid_file(spec["alias"])
+    if isolated:
+        with contextlib.suppress(OSError):
+            Path(spec["health_socket"]).unlink()
     log.note("INFO", f"embedded Milvus exited ({code})")
     write_private(Path(spec["run_file"]), json.dumps({"milvus_pid": milvus.pid, "exit": code}))
     sys.exit(code if code >= 0 else 128 - code)
 
 
-def _host_listeners(ports: list[int]) -> list[tuple[socket.socket, int]]:
-    listeners = []
-    for port in ports:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _host_listener(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError as e:
+        raise _SetupError("port_taken", f"port {port}: {e.strerror}", port) from None
+    s.listen(128)
+    return s
+
+
+def _peer_table() -> PeerTable:
+    try:
+        return PeerTable()
+    except OSError as e:
+        raise _SetupError("isolation", f"cannot read the TCP table ({e.strerror})") from None
+
+
+def _health_listener(path: Path) -> socket.socket:
+    """The health socket, in the 0700 milvus dir: only its owner reaches it."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(path.name)  # relative to the supervisor's folder: no limit on the path's length
+    except OSError as e:
+        raise _SetupError("health", f"cannot make {path} ({e.strerror})") from None
+    s.listen(16)
+    return s
+
+
+def _serve_health(listener: socket.socket, metrics_port: int) -> None:
+    """Answer each connection "OK" or "NO": the server's /healthz, asked inside its network."""
+    while True:
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            raise _SetupError("port_taken", f"port {port}: {e.strerror}", port) from None
-        s.listen(128)
-        listeners.append((s, port))
-    return listeners
+            conn, _ = listener.accept()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        with conn:
+            answer = b"OK" if _healthy(metrics_port) else b"NO"
+            with contextlib.suppress(OSError):
+                conn.sendall(answer)
 
 
 def _own_network() -> None:
@@ -1115,44 +1364,6 @@ def _own_network() -> None:
             fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1))
     except OSError as e:
         raise _SetupError("isolation", f"unshare: {e.strerror}") from None
-
-
-def _relay_accept(listener: socket.socket, port: int) -> None:
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        threading.Thread(target=_relay, args=(conn, port), daemon=True).start()
-
-
-def _relay(conn: socket.socket, port: int) -> None:
-    """Pass bytes both ways between a client on this machine and Milvus in its network."""
-    try:
-        upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
-    except OSError:
-        conn.close()
-        return
-    upstream.settimeout(None)
-    for s in (conn, upstream):
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # gRPC's small frames
-    back = threading.Thread(target=_pump_bytes, args=(upstream, conn), daemon=True)
-    back.start()
-    _pump_bytes(conn, upstream)
-    back.join()
-    conn.close()
-    upstream.close()
-
-
-def _pump_bytes(src: socket.socket, dst: socket.socket) -> None:
-    buffer = bytearray(1 << 16)
-    try:
-        while n := src.recv_into(buffer):
-            dst.sendall(memoryview(buffer)[:n])
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)  # pass the end of the stream on
 
 
 class _RotatingLog:

@@ -35,3 +35,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong.append(f"{item.nodeid}: a unit test uses {sorted(used)}; mark it integration")
     if wrong:
         raise pytest.UsageError("test tiers:\n" + "\n".join(wrong))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """A browser test that could not run is said at the end of the run, not only as one "s"."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = sorted({str(r.longrepr[2]) for r in skipped if "browser test" in str(r.longrepr)})
+    if reasons:
+        terminalreporter.write_sep("!", "THE BROWSER TEST DID NOT RUN", red=True, bold=True)
+        for reason in reasons:
+            terminalreporter.write_line(f"  {reason}", red=True)
+        terminalreporter.write_line(
+            "  the page was never opened in a browser: install Chromium (.ci/run does, as root)",
+            red=True,
+        )

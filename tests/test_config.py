@@ -102,3 +102,33 @@ def test_secrets_stay_out_of_repr(tmp_path, monkeypatch):
 def test_redact_uri():
     assert redact_uri("at https://u:p@h:1/x and tcp://a@b:2") == "at https://***@h:1/x and tcp://***@b:2"
     assert redact_uri("http://h:19530") == "http://h:19530"
+
+
+def test_a_config_in_the_current_directory_is_not_read(tmp_path, monkeypatch, capsys):
+    # A cloned repository could hold one that points cache_dir at a binary of its making.
+    (tmp_path / "meet-milvus.toml").write_text('cache_dir = ".c"\nmilvus_db = "planted"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.milvus_db == "default" and settings.cache_dir != Path(".c")
+    assert capsys.readouterr().err.startswith("note: ./meet-milvus.toml is not read")
+    assert load_settings("meet-milvus.toml").milvus_db == "planted"  # when named explicitly
+
+
+def test_the_users_own_config_file_is_read(tmp_path, monkeypatch):
+    from meet_milvus import config
+
+    own = tmp_path / "home" / "meet-milvus.toml"
+    own.parent.mkdir()
+    own.write_text('milvus_db = "mine"\n')
+    monkeypatch.setattr(config, "USER_CONFIG_FILE", own)
+    assert load_settings().milvus_db == "mine"
+
+
+def test_a_uri_password_stays_out_of_json_and_an_at_sign_in_it_too():
+    settings = load_settings(milvus_uri="http://root:p@ss@word@db.example:19530")
+    shown = [settings.model_dump_json(), repr(settings), str(settings)]
+    for text in shown:
+        assert "p@ss" not in text and "word@" not in text and "ss@" not in text
+    assert '"milvus_uri":"http://***@db.example:19530"' in settings.model_dump_json()
+    assert settings.model_dump()["milvus_uri"] == "http://root:p@ss@word@db.example:19530"
+    assert redact_uri("see http://a:b@c@host/x?y=z@w") == "see http://***@host/x?y=z@w"

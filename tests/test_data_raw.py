@@ -211,3 +211,24 @@ def test_text_model_is_offline_minilm(tmp_path):
     assert config.model_type == "bert" and config.hidden_size == 384
     with pytest.raises(MeetError, match="has no config.json"):
         text_model_path(tmp_path)
+
+
+@pytest.mark.unit
+def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path):
+    """Checked as text, 'link.png' stays inside; its real path does not (issue 19)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "ok.png")
+    outside = tmp_path / "private.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (images / "link.png").symlink_to(outside)
+    manifest = images / "m.jsonl"
+    manifest.write_text('{"image": "ok.png", "captions": ["fine"]}\n'
+                        '{"image": "link.png", "captions": ["a way out"]}\n')  # fmt: skip
+    with pytest.raises(MeetError, match=r"image path 'link.png' leads outside the image folder"):
+        read_manifest(manifest)
+    assert read_manifest(manifest, allow_outside=True).n_images == 2  # when allowed explicitly
+    (images / "link.png").unlink()
+    (images / "inner.png").symlink_to(images / "ok.png")  # a link that stays inside is fine
+    manifest.write_text('{"image": "inner.png", "captions": ["fine"]}\n')
+    assert read_manifest(manifest).n_images == 1

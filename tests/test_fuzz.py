@@ -860,8 +860,9 @@ def test_cli_against_milvus_never_stops_the_server(
     rng, fuzz = random.Random(SEED + 7), Fuzz("cli_milvus")
     world = World(tmp_path / "world")
     files = image_files(world.inputs / "images")
-    remote = ["--uri", runtime_settings.milvus_uri, "--token",
-              runtime_settings.milvus_token.get_secret_value(),
+    token_file = tmp_path / "milvus.token"
+    token_file.write_text(runtime_settings.milvus_token.get_secret_value())
+    remote = ["--uri", runtime_settings.milvus_uri, "--token-file", str(token_file),
               "--data-dir", str(runtime_settings.data_dir)]  # fmt: skip
     embedded = ["--data-dir", str(milvus_settings.data_dir)]
     with isolated(world, monkeypatch):

@@ -1,12 +1,16 @@
 """`meet-milvus serve`: the JSON API over a real MeetSearcher on the demo gallery, the command as
-a process, and the page in headless Chromium (skipped where /usr/bin/chromium is absent)."""
+a process, and the page in headless Chromium, beside another local user's page on another port
+(where /usr/bin/chromium is absent the browser test is skipped, and the run says so loudly:
+tests/conftest.py; `.ci/run` installs it)."""
 
+import http.server
 import os
 import re
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +21,13 @@ from PIL import Image
 
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.web.app import MAX_BODY, Switches, create_app
-from meet_milvus.web.browser import chromium_missing, chromium_page, loaded_images, search_text
+from meet_milvus.web.browser import (
+    chromium_missing,
+    chromium_page,
+    loaded_images,
+    search_text,
+    wait_until,
+)
 from meet_milvus.web.run import serving
 
 
@@ -49,8 +59,10 @@ def test_text_search_answers_with_the_searchers_hits(client, searcher, split):
 @pytest.mark.integration
 def test_switches_change_one_request_not_the_server(client, searcher, split):
     def stages(**switches):
-        response = client.post("/api/search", json={"text": split.captions[1], "k": 3,
-                                                    "diagnostics": True, "switches": switches})
+        response = client.post(
+            "/api/search",
+            json={"text": split.captions[1], "k": 3, "diagnostics": True, "switches": switches},
+        )
         assert response.status_code == 200, response.text
         return [list(h["stages"]) for h in response.json()["hits"]]
 
@@ -74,8 +86,9 @@ def test_bad_requests_get_a_json_error_with_a_status(client):
     assert error(400, text="an apple", switches={"z": 0}).startswith("search setting 'z':")
     assert error(422, text="an apple", switches={"zz": 1}).startswith("switches.zz: Extra")
     assert error(422, k=3) == "text: Field required"
-    response = client.post("/api/search", content=b"{not json", headers={"content-type":
-                                                                           "application/json"})
+    response = client.post(
+        "/api/search", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422 and "JSON" in response.json()["error"]
     response = client.post("/api/search", json={"text": "a " * MAX_BODY})
     assert response.status_code == 413
@@ -151,6 +164,7 @@ def test_uploads_that_are_not_images_or_too_big_are_refused(searcher, tmp_path):
     png = tmp_path / "big.png"
     Image.effect_noise((60, 60), 64).save(png)  # noise: about 4 KB, over a 2 KB limit
     with TestClient(create_app(searcher, max_upload=2000)) as client:
+
         def upload(name, data, **kw):
             return client.post("/api/search/image", files={"file": (name, data)}, **kw)
 
@@ -170,8 +184,11 @@ def test_uploads_that_are_not_images_or_too_big_are_refused(searcher, tmp_path):
             for _ in range(20):
                 yield b"\0" * 10_000
 
-        response = client.post("/api/search/image", content=chunks(),
-                               headers={"content-type": "multipart/form-data; boundary=x"})
+        response = client.post(
+            "/api/search/image",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
         assert "content-length" not in response.request.headers
         assert response.status_code == 413, response.text
         assert response.json()["error"] == "upload larger than 1.95 KB"
@@ -233,7 +250,7 @@ def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_galler
         # Not a terminal: the link names the token's file, never the token itself.
         token_file = s.data_dir / "serve.token"
         assert proc.stderr.readline().strip() == (
-            f"open {url}/?token=<the token in {token_file}> "
+            f"open {url}/#token=<the token in {token_file}> "
             "(scripts: 'Authorization: Bearer <token>')"
         )
         assert httpx.get(f"{url}/api/info").status_code == 401
@@ -243,8 +260,10 @@ def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_galler
         hits = httpx.post(f"{url}/api/search", json=query, headers=auth).json()
         assert len(hits["hits"]) == 2
         proc.send_signal(2)  # Ctrl-C: uvicorn shuts down cleanly
-        assert proc.wait(30) == 0
-        assert proc.stderr.read().strip().splitlines()[-1] == "stopped"
+        # Everything it wrote, to its end: a line read before it was written would be missing.
+        rest = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 0, rest
+        assert rest.strip().splitlines()[-1:] == ["stopped"], rest
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -256,15 +275,49 @@ def test_serve_answers_over_http_until_interrupted(runtime_settings, demo_galler
 NO_BROWSER = chromium_missing()
 
 
+class _StrangersPage:
+    """A page another local user serves on another port of 127.0.0.1: it notes every request's
+    headers (a cookie for 127.0.0.1 would arrive here) and submits a form to the service."""
+
+    def __init__(self, target: str) -> None:
+        self.seen: list[str] = []
+        page = (f'<form id="f" method="post" enctype="multipart/form-data" '
+                f'action="{target}/api/search/image"><input name="k" value="5"></form>'
+                '<script>document.getElementById("f").submit()</script>').encode()  # fmt: skip
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                seen.append(str(self.headers))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(NO_BROWSER is not None, reason=f"browser test: {NO_BROWSER}")
 def test_the_page_in_headless_chromium(searcher, split):
     token = "browser-test-token-0123456789"
     with serving(create_app(searcher, token=token)) as url, chromium_page() as page:
-        page.goto(f"{url}/")
-        assert "access token" in page.text_content("body")  # no token, no page
-        page.goto(f"{url}/?token={token}")  # the link `serve` prints: sets the cookie
-        assert page.url == f"{url}/"  # and leaves the token out of the address bar
+        page.goto(f"{url}/")  # no token: the page says what it needs
+        page.wait_for_selector("#error:not([hidden])")
+        assert "access token" in page.text_content("#error")
+        page.goto(f"{url}/#token={token}")  # the link `serve` prints, in the same tab
+        wait_until(page, "() => document.body.dataset.ready === '1'")
+        assert page.url == f"{url}/"  # the token left the address bar
+        assert page.context.cookies() == []  # and goes into no cookie
         search_text(page, url, split.captions[0], k=5)  # types it and presses Enter
         widths = loaded_images(page)
         assert len(widths) == 5 and all(w > 0 for w in widths), widths
@@ -281,13 +334,27 @@ def test_the_page_in_headless_chromium(searcher, split):
         page.wait_for_selector("ol.captions li")
         captions = page.locator("ol.captions .caption").all_text_contents()
         assert len(captions) == 5 and all(c in split.captions for c in captions)
-        page.wait_for_function("document.querySelector('#query-preview').naturalWidth > 0")
+        wait_until(page, "() => document.querySelector('#query-preview').naturalWidth > 0")
         assert page.is_visible("#query-image")
 
         page.fill("#q", "   ")
         page.keyboard.press("Enter")
         page.wait_for_selector("#error:not([hidden])")
         assert page.text_content("#error") == "query 0: the text is empty"
+
+        # Another local user's page, on another port, opened in the same browser: it receives
+        # no token, and the upload its form sends the service is refused (issue 19: the cookie
+        # reached it, and the form was accepted).
+        stranger = _StrangersPage(url)
+        try:
+            page.goto(stranger.url)
+            page.wait_for_url(f"{url}/api/search/image")
+            answer = page.text_content("body")
+            assert "refused: a request from another site" in answer, answer
+            assert stranger.seen and not any(token in headers for headers in stranger.seen)
+            assert not any("cookie" in headers.lower() for headers in stranger.seen)
+        finally:
+            stranger.close()
 
 
 @pytest.mark.unit

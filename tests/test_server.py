@@ -152,7 +152,9 @@ def test_server_start_status_stop(tmp_path):
         assert status.returncode == 0, status.stderr
         assert f"running: Milvus v2.3.5-lite at {address}" in status.stdout
         assert str(settings.milvus_dir / "logs" / "milvus.log") in status.stdout
-        assert "network: its own; only its port on 127.0.0.1 is reachable" in status.stdout
+        assert "network: its own; only its port on 127.0.0.1 reaches it, from this account" in (
+            status.stdout
+        )
         again = _cli(["server", "start"], settings, tmp_path)
         assert again.returncode == 0 and again.stdout.startswith("already running")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ from meet_milvus.errors import MeetError
 @click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01),
               help="largest image upload")  # fmt: skip
 def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_mb) -> None:
-    """Serve searches of a gallery: a web page at / and a JSON API (/docs describes it)."""
+    """Serve searches of a gallery: a web page at / and a JSON API (/openapi.json describes it)."""
     from meet_milvus.web.run import bind, is_loopback, serve, url_of
 
     if not math.isfinite(max_upload_mb):  # click's FloatRange lets NaN and inf through
@@ -58,12 +59,12 @@ def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_m
         # The link with the token goes to a person at a terminal, never into a log file.
         shown = token if sys.stderr.isatty() else f"<the token in {token_file}>"
         click.echo(
-            f"open {url}/?token={shown} (scripts: 'Authorization: Bearer <token>')", err=True
+            f"open {url}/#token={shown} (scripts: 'Authorization: Bearer <token>')", err=True
         )
-        try:
+        # uvicorn shuts down cleanly on Ctrl-C and re-raises it, or returns, depending on when
+        # the signal came: either way the service stopped as asked.
+        with contextlib.suppress(KeyboardInterrupt):
             serve(app, sock, log_level="warning")
-        except KeyboardInterrupt:
-            # uvicorn has shut down cleanly and re-raised Ctrl-C: the normal way to stop.
-            click.echo("stopped", err=True)
+        click.echo("stopped", err=True)
     finally:
         sock.close()

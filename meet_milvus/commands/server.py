@@ -117,9 +117,9 @@ def _details(found: ServerStatus) -> None:
     click.echo(f"  data: {found.directory}")
     click.echo(f"  log:  {found.log}")
     if found.network == "isolated":
-        click.echo("  network: its own; only its port on 127.0.0.1 is reachable")
+        click.echo("  network: its own; only its port on 127.0.0.1 reaches it, from this account")
     elif found.network == "host":
-        click.echo("  network: this machine's; Milvus listens on all interfaces")
+        click.echo("  network: this machine's; Milvus listens on all interfaces, exposed")
     credentials = found.directory / "credentials.json"
     if found.network and credentials.is_file():
         click.echo(f"  credentials: {credentials} (used by this project's commands)")

@@ -1,8 +1,9 @@
 """The search service: `create_app(searcher)` -> a FastAPI application.
 
 Why FastAPI (on uvicorn): requests and responses are pydantic models, which the project already
-uses for `SearchConfig` and `Hit`, so validation, JSON and the OpenAPI description (/docs) come
-from the same types; it is well kept, and its TestClient lets the tests call the app in-process.
+uses for `SearchConfig` and `Hit`, so validation, JSON and the OpenAPI description
+(/openapi.json) come from the same types; it is well kept, and its TestClient lets the tests call
+the app in-process.
 No hand-written HTTP server: parsing, multipart uploads (python-multipart) and limits are the
 part to leave to maintained code.
 
@@ -11,6 +12,8 @@ part to leave to maintained code.
     GET  /api/images/{id}    the image of a gallery item that a result returned (by id)
     GET  /api/info           the gallery, the model and the searcher's default switches
     GET  /                   the web page
+    GET  /openapi.json       the API's description (no /docs: Swagger UI would load a CDN's
+                             script into the service's origin)
 
 Errors are JSON, `{"error": "one line"}`: MeetError (bad query, k, setting) 400, no or a wrong
 access token 401, schema errors 422, unknown image 404, oversized upload 413, not an image 415,
@@ -41,14 +44,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.inputs import is_file
 from meet_milvus.results import Hit
-from meet_milvus.web.auth import TokenGate
+from meet_milvus.web.auth import BrowserGuard, TokenGate, content_security_policy
 from meet_milvus.web.page import PAGE
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of one uploaded image
+# Pixels of an uploaded or served image: a photo has far fewer (PIL's own ceiling, 89 Mpx, let a
+# 360 KB PNG take 3.8 s and 1.3 GB to decode).
+MAX_PIXELS = 40_000_000
+# An upload larger than this on a side is shrunk (outside the search lock) before the search
+# decodes it again; the model sees 224 x 224 anyway.
+MAX_SIDE = 2048
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")  # what PIL may open, for uploads and serving
 MAX_BODY = 64 * 1024  # bytes of any other request body (a query is a sentence, not a book)
 MAX_K = 100  # results a request may ask for: a page of thumbnails, not a data dump
 KNOWN_IMAGES = 50_000  # gallery image ids remembered from results, most recent first
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 UPLOAD_PATH = "/api/search/image"
 
 
@@ -124,12 +133,15 @@ def create_app(
         title=title,
         description="MEET image-text retrieval on Milvus",
         responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        docs_url=None,
+        redoc_url=None,
     )
     # The upload's envelope (boundaries, form fields) may add a little to the file's own limit.
     upload = (max_upload + MAX_BODY, f"upload larger than {size(max_upload)}")
     app.add_middleware(BodyLimit, limits={UPLOAD_PATH: upload}, default=MAX_BODY)
-    if token is not None:  # added last, so outermost: a stranger's body is never read
+    if token is not None:  # added late, so outer: a stranger's body is never read
         app.add_middleware(TokenGate, token=SecretStr(token))
+    app.add_middleware(BrowserGuard, csp=content_security_policy(PAGE))  # outermost
     _error_handlers(app)
     # The cascade caches gallery data on first use and the model is not re-entrant: one query
     # at a time (FastAPI runs these handlers in a thread pool).
@@ -196,7 +208,8 @@ def create_app(
         chosen = _parse_switches(switches)
         data = file.file.read(max_upload + 1)
         name = Path(file.filename or "upload").name
-        kind = _check_image(data, name, max_upload)
+        # Decoded here, before the search lock: one large upload does not hold up the others.
+        kind, data = _check_image(data, name, max_upload)
         # search_image reads a file: the upload goes to a private (0700) temp dir, removed after.
         with tempfile.TemporaryDirectory(prefix="meet-upload-") as tmp:
             path = Path(tmp) / f"upload.{kind.lower()}"
@@ -215,9 +228,14 @@ def create_app(
         if source is None:
             raise HTTPException(404, f"image {item_id}: not among the results served")
         path = Path(source)
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not is_file(path):
+        kind = _image_format(path) if is_file(path) else None
+        if kind is None:
             raise HTTPException(404, f"image {item_id}: its source is not an image file here")
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        return FileResponse(
+            path,
+            media_type=Image.MIME[kind],  # what it decodes as, whatever its name says
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
 
     return app
 
@@ -259,8 +277,10 @@ def _parse_switches(text: str) -> Switches:
         ) from None
 
 
-def _check_image(data: bytes, name: str, limit: int) -> str:
-    """The image's format (PNG, JPEG, ...); 400/413/415 with a reason when it is not one."""
+def _check_image(data: bytes, name: str, limit: int) -> tuple[str, bytes]:
+    """The upload's format (PNG, JPEG, ...) and the bytes to search with: the upload itself, or,
+    past MAX_SIDE, a smaller PNG of it. 400/413/415 with a reason when it is not an image of
+    IMAGE_FORMATS, or has more than MAX_PIXELS pixels. Decodes the whole image."""
     if not data:
         raise HTTPException(400, f"upload {name}: the file is empty")
     if len(data) > limit:
@@ -270,15 +290,39 @@ def _check_image(data: bytes, name: str, limit: int) -> str:
             # As meet_milvus.model.features.load_image: more pixels than PIL's limit is
             # refused, not warned.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.verify()  # checks the structure without decoding all pixels
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 kind = im.format or "image"
+                if im.width * im.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(kind)
+                im.load()  # every pixel: a truncated or corrupt file fails here, not in the lock
+                if max(im.size) <= MAX_SIDE:
+                    return kind, data
+                im.thumbnail((MAX_SIDE, MAX_SIDE))
+                out = io.BytesIO()
+                im.save(out, "PNG")
+                return "PNG", out.getvalue()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(413, f"upload {name}: too many pixels") from None
+        message = f"upload {name}: too many pixels (more than {MAX_PIXELS:,})"
+        raise HTTPException(413, message) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        formats = "PNG, JPEG, GIF, WebP, BMP"
+        formats = ", ".join("WebP" if f == "WEBP" else f for f in IMAGE_FORMATS)
         raise HTTPException(415, f"upload {name}: not an image ({formats})") from None
-    return kind
+
+
+def _image_format(path: Path) -> str | None:
+    """The format of the image at `path` when it opens as one of IMAGE_FORMATS, else None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    return None
+                im.verify()  # the structure, without decoding every pixel
+                return im.format
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 class _KnownImages:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,17 @@ def loaded_images(page: Any, selector: str = "#results img") -> list[int]:
     )
 
 
+def wait_until(page: Any, predicate: str, arg: Any = None, timeout_ms: int = 60_000) -> None:
+    """Poll `predicate` (a JavaScript function of `arg`) until it is true. Not Playwright's
+    wait_for_function: that one builds its predicate with eval, which the page's Content
+    Security Policy forbids (as it should)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(predicate, arg):
+        if time.monotonic() > deadline:
+            raise MeetError(f"the page did not get there within {timeout_ms / 1000:g} s")
+        time.sleep(0.05)
+
+
 def search_text(
     page: Any,
     base_url: str,
@@ -92,14 +104,15 @@ def search_text(
     page.click("#q")
     page.keyboard.type(query)
     page.keyboard.press("Enter")
-    page.wait_for_function(
+    wait_until(
+        page,
         """k => {
             const imgs = [...document.querySelectorAll('#results img')];
             return document.querySelector('#error').textContent !== '' ||
                 (imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0));
         }""",
         arg=k,
-        timeout=timeout_ms,
+        timeout_ms=timeout_ms,
     )
     error = page.text_content("#error")
     if error:

@@ -1,7 +1,12 @@
 """The web page of `meet-milvus serve`: one self-contained HTML document (no build step, no
 assets fetched from elsewhere). Kept in a Python string so it ships in the package without
 package-data settings. Every text from the gallery or the user goes into the page through
-`textContent`, never `innerHTML`."""
+`textContent`, never `innerHTML`.
+
+The access token comes in the link's fragment (`/#token=...`), goes to this tab's
+sessionStorage (which no other origin, another port of 127.0.0.1 included, can read) and out of
+the address bar; every request sends it as a bearer header, images too (fetched, shown as blob:
+URLs). See `meet_milvus.web.auth`."""
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -82,6 +87,32 @@ PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 let info = null;
+const TOKEN_KEY = "meet-milvus-token";
+
+function takeToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!given) return false;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  history.replaceState(null, "", location.pathname);  // the token leaves the address bar
+  return true;
+}
+takeToken();
+// The link opened in a tab already showing the page changes only the fragment: no reload.
+window.addEventListener("hashchange", () => { if (takeToken()) loadInfo(); });
+
+function withToken(init = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = new Headers(init.headers || {});
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  return {...init, headers};
+}
+
+async function showImage(img, url) {
+  try {
+    const response = await fetch(url, withToken());
+    if (response.ok) img.src = URL.createObjectURL(await response.blob());
+  } catch { /* the card keeps its caption */ }
+}
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -107,7 +138,7 @@ function switches() {
 
 async function call(url, init) {
   const started = performance.now();
-  const response = await fetch(url, init);
+  const response = await fetch(url, withToken(init));
   let body;
   try { body = await response.json(); } catch { body = {}; }
   if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
@@ -136,8 +167,9 @@ function render(result) {
         el("span", {class: "score", text: hit.score.toFixed(4)}),
         el("div", {class: "meta", text: `${hit.external_id} · id ${hit.id}`}));
       if (hit.stages) caption.append(stagesTable(hit.stages));
-      box.append(el("figure", {class: "card"},
-        el("img", {src: hit.thumbnail, alt: hit.external_id, title: hit.source}), caption));
+      const img = el("img", {alt: hit.external_id, title: hit.source});
+      showImage(img, hit.thumbnail);
+      box.append(el("figure", {class: "card"}, img, caption));
     }
   } else {
     const list = el("ol", {class: "captions"});
@@ -201,15 +233,19 @@ $("upload").addEventListener("change", () => {
   $("upload").value = "";
 });
 
-call("/api/info").then((i) => {
-  info = i;
-  $("gallery").textContent = `gallery ${i.collection} · model ${i.model}`;
-  for (const box of document.querySelectorAll("[data-switch]")) {
-    box.checked = Boolean(i.config[box.dataset.switch]);
-  }
-  $("k").max = i.max_k;
-  document.body.dataset.ready = "1";
-}).catch((e) => showError(`the service did not answer: ${e.message}`));
+function loadInfo() {
+  showError("");
+  call("/api/info").then((i) => {
+    info = i;
+    $("gallery").textContent = `gallery ${i.collection} · model ${i.model}`;
+    for (const box of document.querySelectorAll("[data-switch]")) {
+      box.checked = Boolean(i.config[box.dataset.switch]);
+    }
+    $("k").max = i.max_k;
+    document.body.dataset.ready = "1";
+  }).catch((e) => showError(`the service did not answer: ${e.message}`));
+}
+loadInfo();
 </script>
 </body>
 </html>

@@ -13,6 +13,9 @@ from typing import Any
 
 from meet_milvus.errors import MeetError, ParameterError
 
+MAX_CONNECTIONS = 64  # open at once; past this uvicorn answers 503 (a page needs a few)
+HEADER_TIMEOUT = 10.0  # seconds a new connection has to send its first request's headers
+
 
 def bind(host: str = "127.0.0.1", port: int = 8080) -> socket.socket:
     """A listening socket; port 0 picks a free one. Bound here, before the slow model load, so
@@ -52,22 +55,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def config(app: Any, log_level: str = "info", header_timeout: float = HEADER_TIMEOUT) -> Any:
+    """uvicorn's settings: at most MAX_CONNECTIONS at once, and a connection that has not sent
+    a request's headers within `header_timeout` seconds closed (else 500 connections holding
+    half a header stay open for good: a slowloris)."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.loop.call_later(header_timeout, self._no_request_yet)
+
+        def _no_request_yet(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        lifespan="off",
+        access_log=False,
+        http=HeaderTimeout,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=5,
+    )
+
+
 def serve(app: Any, sock: socket.socket, log_level: str = "info") -> None:
     """Serves on `sock` until Ctrl-C (uvicorn handles the signal and closes cleanly)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config(app, log_level)).run(sockets=[sock])
 
 
 @contextmanager
-def serving(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30) -> Iterator[str]:
+def serving(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 30,
+    header_timeout: float = HEADER_TIMEOUT,
+) -> Iterator[str]:
     """Runs the app in a background thread for the duration of the block; yields its URL."""
     import uvicorn
 
     sock = bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config(app, "warning", header_timeout))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

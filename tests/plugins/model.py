@@ -85,9 +85,13 @@ def split(runtime_settings):
 
 
 @pytest.fixture(scope="session")
-def cli_flags(runtime_settings) -> list[str]:
-    """`meet-milvus` global flags that reach the test server with runtime_settings."""
+def cli_flags(runtime_settings, tmp_path_factory) -> list[str]:
+    """`meet-milvus` global flags that reach the test server with runtime_settings (the token
+    in a file: on a command line every local user could read it)."""
     s = runtime_settings
-    return ["--uri", s.milvus_uri, "--token", s.milvus_token.get_secret_value(),
+    token_file = tmp_path_factory.mktemp("token") / "milvus.token"
+    token_file.write_text(s.milvus_token.get_secret_value())
+    token_file.chmod(0o600)
+    return ["--uri", s.milvus_uri, "--token-file", str(token_file),
             "--data-dir", str(s.data_dir), "--cache-dir", str(s.cache_dir),
             "--device", "cpu"]  # fmt: skip
