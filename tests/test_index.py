@@ -153,14 +153,22 @@ else:
 """
 
 
+def _child_env(settings) -> dict:
+    """The child's environment: the project on its path, the token in the environment (never
+    on a command line, where every account could read it)."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "MEET_MILVUS_TOKEN": settings.milvus_token.get_secret_value()}  # fmt: skip
+
+
+def _child_settings(settings) -> dict:
+    return {"milvus_uri": settings.milvus_uri, "data_dir": str(settings.data_dir),
+            "cache_dir": str(settings.cache_dir), "device": "cpu"}  # fmt: skip
+
+
 def _run_writer(settings, name, method, n, items=(), delete=(), batch=3) -> int:
-    spec = {"settings": {"milvus_uri": settings.milvus_uri,
-                         "milvus_token": settings.milvus_token.get_secret_value(),
-                         "data_dir": str(settings.data_dir), "cache_dir": str(settings.cache_dir),
-                         "device": "cpu"},
-            "name": name, "method": method, "n": n, "items": list(items),
-            "delete": list(delete), "batch": batch}  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    spec = {"settings": _child_settings(settings), "name": name, "method": method, "n": n,
+            "items": list(items), "delete": list(delete), "batch": batch}  # fmt: skip
+    env = _child_env(settings)
     done = subprocess.run([sys.executable, "-c", _WRITER, json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     return done.returncode
@@ -227,12 +235,8 @@ def test_a_reader_process_follows_a_writer(runtime_settings, demo_checkpoint):
     writer.add([NewItem("a0", image=paths[0])])
     sources = {f"a{i}": str(Path(p).resolve()) for i, p in enumerate(paths)}
     spec = {"name": "t_grow", "seconds": 240, "final": len(paths), "sources": sources,
-            "settings": {"milvus_uri": runtime_settings.milvus_uri,
-                         "milvus_token": runtime_settings.milvus_token.get_secret_value(),
-                         "data_dir": str(runtime_settings.data_dir),
-                         "cache_dir": str(runtime_settings.cache_dir),
-                         "device": "cpu"}}  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            "settings": _child_settings(runtime_settings)}  # fmt: skip
+    env = _child_env(runtime_settings)
     reader = subprocess.Popen(
         [sys.executable, "-c", _READER, json.dumps(spec)], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
