@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from meet_milvus.errors import DataSetError
 from meet_milvus.writer import NewItem
-from meet_milvus_loaders.raw import _caption, _image_path, _read_text
+from meet_milvus_loaders.raw import _caption, _image_path, _read_text, jsonl_objects, row_captions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
@@ -87,21 +86,8 @@ def _manifest(path: Path, allow_outside: bool) -> Iterator[NewItem]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, str, str, list[str]]]:
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataSetError(f"{path}: line {n}: not JSON ({e.msg})") from None
-        except RecursionError:
-            raise DataSetError(f"{path}: line {n}: JSON nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise DataSetError(f"{path}: line {n}: expected an object")
-        caps = obj.get("captions", obj.get("caption")) or []
-        caps = [caps] if isinstance(caps, str) else caps
-        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise DataSetError(f"{path}: line {n}: 'captions' must be a list of strings")
+    for n, obj in jsonl_objects(path, "'id', 'image' or 'captions'"):
+        caps = row_captions(path, n, obj, [])
         ident, image = obj.get("id", ""), obj.get("image") or ""
         if not isinstance(ident, str | int) or not isinstance(image, str):
             raise DataSetError(f"{path}: line {n}: 'id' and 'image' must be strings")

@@ -22,7 +22,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,7 +262,9 @@ def _raw_split(
     return RawSplit(name, split, paths, [caps for _, caps in images.values()])
 
 
-def _jsonl_rows(path: Path):
+def jsonl_objects(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; DataSetError names the
+    line that is not JSON or not an object (`expected` says what it should hold)."""
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -273,11 +275,22 @@ def _jsonl_rows(path: Path):
         except RecursionError:
             raise DataSetError(f"{path}: line {n}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
-            raise DataSetError(f"{path}: line {n}: expected an object with 'image' and 'captions'")
-        caps = obj.get("captions", obj.get("caption"))
-        caps = [caps] if isinstance(caps, str) else caps
-        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise DataSetError(f"{path}: line {n}: 'captions' must be a list of strings")
+            raise DataSetError(f"{path}: line {n}: expected an object with {expected}")
+        yield n, obj
+
+
+def row_captions(path: Path, n: int, obj: dict, missing: object) -> list[str]:
+    """A JSONL row's captions (`captions`, or one `caption`); `missing` when it has none."""
+    caps = obj.get("captions", obj.get("caption", missing))
+    caps = [caps] if isinstance(caps, str) else caps
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise DataSetError(f"{path}: line {n}: 'captions' must be a list of strings")
+    return caps
+
+
+def _jsonl_rows(path: Path):
+    for n, obj in jsonl_objects(path, "'image' and 'captions'"):
+        caps = row_captions(path, n, obj, None)
         split = obj.get("split")
         if split is not None and not isinstance(split, str):
             raise DataSetError(f"{path}: line {n}: 'split' must be a string")
