@@ -23,6 +23,7 @@ drawn from one distribution) goes into the embedded Milvus through the product's
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -125,7 +126,14 @@ class Growing:
 @click.option("--dim", default=256, show_default=True)
 @click.option("--queries", default=200, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None)
-def main(rows: int, grow: float, batch: int, dim: int, queries: int, out: Path | None) -> None:
+@click.option("--render", "render_json", type=click.Path(path_type=Path, exists=True),
+              help="lay out an earlier RESULT.json again (to --out) instead of measuring")
+def main(rows: int, grow: float, batch: int, dim: int, queries: int, out: Path | None,
+         render_json: Path | None) -> None:  # fmt: skip
+    if render_json is not None:
+        result = json.loads(render_json.read_text())
+        report(render(result), result, out)
+        return
     added = int(rows * grow)
     g = generate(SyntheticSpec(n_items=2 * rows, n_queries=queries, dim=dim), progress=False)
     pool = Pool.sample({"image": np.asarray(g.dense[:2000], np.float32),
@@ -191,12 +199,19 @@ def main(rows: int, grow: float, batch: int, dim: int, queries: int, out: Path |
         finally:
             server.stop()
     result["load_avg_end"] = load_avg()
-    lines = [f"Growing a {rows:,}-item synthetic gallery by {added:,} in batches of {batch:,} "
-             f"(dim {dim}, {queries} queries, ANN nprobe {NPROBE}, keep {KEEP})", "",
+    report(render(result), result, out)
+
+
+def render(result: dict) -> list[str]:
+    """The markdown of a result (also `--render RESULT.json`: the same figures, laid out)."""
+    lines = [f"Growing a {result['rows']:,}-item synthetic gallery by {result['added']:,} in "
+             f"batches of {result['batch']:,} (dim {result['dim']}, {result['queries']} queries, "
+             f"ANN nprobe {NPROBE}, keep {KEEP}; load average {result['load_avg_start']} at the "
+             f"start, {result['load_avg_end']} at the end)", "",
              "| state | items | p50 ms | recall@10 | deleted returned |",
-             "|---|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
     rows_out = [("before", result["before"])]
-    rows_out += [(f"during ({i + 1}/4)", d) for i, d in enumerate(result["during"])]
+    rows_out += [("during", d) for d in result["during"]]
     rows_out += [("after", result["after"]), ("loaded from scratch", result["scratch"]),
                  ("after deleting every 10th added", result["after_delete"])]  # fmt: skip
     for label, r in rows_out:
@@ -208,10 +223,11 @@ def main(rows: int, grow: float, batch: int, dim: int, queries: int, out: Path |
               f"not returned: {result['added_items_not_returned']}", "",
               "| growth since the ANN index was trained | recall@10 kept | trained again |",
               "|---:|---:|---:|"]  # fmt: skip
-    for r in growth:
+    for r in result["ann_growth"]:
         lines.append(f"| +{100 * r['growth']:.0f}% | {r['recall_kept_index']:.3f} | "
                      f"{r['recall_trained_again']:.3f} |")  # fmt: skip
-    report(lines, result, out)
+    return lines
+
 
 
 if __name__ == "__main__":
