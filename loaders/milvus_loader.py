@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_NEIGHBOURS = 32  # k of the stored reverse-neighbour statistics
+MAX_NEIGHBOURS = 4096  # Milvus caps an ARRAY field's max_capacity at 4096
 MAX_BATCH_ROWS = 4096
 
 
@@ -396,8 +397,11 @@ def load(
 ) -> LoadReport:
     """`meet-milvus load`: encode a data split with a checkpoint and write it to Milvus."""
     cols.check_name(collection)
-    if neighbours < 1:
-        raise ParameterError(f"--neighbours {neighbours}: must be at least 1")
+    if not 1 <= neighbours <= MAX_NEIGHBOURS:
+        raise ParameterError(
+            f"--neighbours {neighbours}: must be between 1 and {MAX_NEIGHBOURS} (Milvus's "
+            "longest array)"
+        )
     data = check_name(data or collection, "data set")  # it names folders under the data dir
     path = resolve_checkpoint(settings, checkpoint, data)
     source = load_split(settings.data_dir, data, split)
