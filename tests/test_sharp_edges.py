@@ -107,3 +107,27 @@ def test_a_real_refusal_of_load_collection_is_one_milvus_error(milvus_settings):
         assert message.startswith("Milvus: ") and "index" in message and "\n" not in message
     finally:
         client.drop_collection(name)
+
+
+@pytest.mark.unit
+def test_any_milvus_exception_reaching_the_cli_is_one_line(monkeypatch, capsys):
+    import click
+
+    from meet_milvus import cli as cli_module
+
+    @click.command("raise-milvus")
+    def raise_milvus() -> None:
+        raise MilvusException(code=65535, message="session not found->datanode-1:\nunrecoverable")
+
+    cli_module.cli.add_command(raise_milvus)
+    monkeypatch.setattr(sys, "argv", ["meet-milvus", "raise-milvus"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli_module.main()
+    finally:
+        cli_module.cli.commands.pop("raise-milvus")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: Milvus: session not found->datanode-1:\\nunrecoverable (check the server: "
+        "`meet-milvus server status` or its log, then retry)"
+    ]
