@@ -57,8 +57,10 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 @click.option("--fetch", default=300, show_default=True, help="ids fetched a query")
 @click.option("--repeat", default=3, show_default=True)
 @click.option("--cascade-queries", default=20, show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("bench-data/client"))
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("bench-data/synthetic"))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/tmp/meet-bench-client"),
+              show_default=True, help="the benchmark's own Milvus and tiers")
+@click.option("--cache", type=click.Path(path_type=Path), show_default=True,
+              default=Path.home() / ".meet-milvus" / "cache" / "bench", help="synthetic galleries")
 @click.option("--port", default=19561, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 def main(items, nq, limit, fetch, repeat, cascade_queries, data_dir, cache, port, out) -> None:

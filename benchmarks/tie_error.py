@@ -24,7 +24,8 @@ from meet_milvus_loaders.milvus_loader import neighbour_stats
 @click.option("--items", default=100_000, show_default=True)
 @click.option("--queries", default=1_000, show_default=True)
 @click.option("--others", default=10_000, show_default=True)
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("bench-data/synthetic"))
+@click.option("--cache", type=click.Path(path_type=Path), show_default=True,
+              default=Path.home() / ".meet-milvus" / "cache" / "bench", help="synthetic galleries")
 def main(items: int, queries: int, others: int, cache: Path) -> None:
     g = generate(SyntheticSpec(n_items=items), cache)
     query = np.asarray(g.dense[:queries], np.float32)
