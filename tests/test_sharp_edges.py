@@ -131,3 +131,25 @@ def test_any_milvus_exception_reaching_the_cli_is_one_line(monkeypatch, capsys):
         "error: Milvus: session not found->datanode-1:\\nunrecoverable (check the server: "
         "`meet-milvus server status` or its log, then retry)"
     ]
+
+
+@pytest.mark.unit
+def test_a_milvus_error_during_a_search_names_the_server_and_what_to_do(tmp_path):
+    from meet_milvus.searcher import MeetSearcher
+
+    searcher = MeetSearcher.__new__(MeetSearcher)  # no model, no Milvus: run()'s wording only
+    searcher.settings = Settings(data_dir=tmp_path, milvus_uri="http://127.0.0.1:9")
+    searcher._lost = False
+
+    def refused(gallery, k):
+        gallery_ = cols.Gallery("demo", cols.Layout("split"), {})
+        gallery_.ensure_loaded(RefusingLoad(), "demo_text_pq")
+
+    searcher.cascade = refused
+    with pytest.raises(MilvusError) as e:
+        searcher.run(None, "text", k=5)
+    assert str(e.value) == (
+        "Milvus at http://127.0.0.1:9: Milvus: session not found->datanode-1: unrecoverable "
+        "error; retry in a minute (a server restarted moments ago is still settling); if it "
+        "persists, see the server's log"
+    )
