@@ -173,7 +173,9 @@ def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def _rpc_code(error: BaseException | None) -> str:
     """The gRPC status behind an error (pymilvus wraps it in MilvusException), or ''."""
-    while error is not None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # pymilvus raises `e from e`: a loop
+        seen.add(id(error))
         if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
             return error.code().name
         error = error.__cause__
