@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+from pymilvus import Status
 from pymilvus.exceptions import MilvusException
 
 from meet_milvus.errors import (
@@ -167,6 +168,9 @@ def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except (MilvusException, grpc.RpcError) as e:
         if _rpc_code(e) in NOT_ANSWERING:
             raise ServerUnavailableError(f"not answering ({_rpc_code(e).lower()})") from None
+        if isinstance(e, MilvusException) and e.code == Status.CONNECT_FAILED:
+            # pymilvus 3 reconnects on its own first, then says only that it could not
+            raise ServerUnavailableError("not answering (cannot connect)") from None
         message = e.details() if isinstance(e, grpc.RpcError) else e.message
         raise MilvusError(f"Milvus: {' '.join(str(message).split())}") from None
 

@@ -91,6 +91,10 @@ def test_a_server_that_does_not_answer_is_one_line_at_once():
         assert str(e.value) == "not answering (unavailable)"
         with pytest.raises(ServerUnavailableError):
             milvus_arrays.search(Failing(error), "c", "hash", [b"\x00"], 3, "HAMMING")
+    # pymilvus 3, after its own attempt to reconnect.
+    lost = MilvusException(code=2, message="Fail connecting to server on 127.0.0.1:9")
+    with pytest.raises(ServerUnavailableError, match=r"^not answering \(cannot connect\)$"):
+        milvus_arrays.fetch(Failing(lost), "c", [1], ["source"])
 
 
 def test_another_milvus_error_is_one_line_naming_milvus():
