@@ -176,12 +176,17 @@ def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def _rpc_code(error: BaseException | None) -> str:
-    """The gRPC status behind an error (pymilvus wraps it in MilvusException), or ''."""
+    """The gRPC status behind an error, or ''. pymilvus wraps it in a MilvusException whose
+    `code` is the status (3.x) or the RpcError's `code` method (2.5), and may re-raise that as
+    `e from e`, losing the RpcError from the chain."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:  # pymilvus raises `e from e`: a loop
+    while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
-            return error.code().name
+        code = getattr(error, "code", None)
+        if isinstance(error, grpc.RpcError | MilvusException) and callable(code):
+            code = code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
         error = error.__cause__
     return ""
 

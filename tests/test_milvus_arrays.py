@@ -91,6 +91,14 @@ def test_a_server_that_does_not_answer_is_one_line_at_once():
         assert str(e.value) == "not answering (unavailable)"
         with pytest.raises(ServerUnavailableError):
             milvus_arrays.search(Failing(error), "c", "hash", [b"\x00"], 3, "HAMMING")
+    # What pymilvus 2.5 raises: the RpcError's code method as the code, the chain lost.
+    bare = Unavailable()
+    shaped = MilvusException(code=bare.code, message="[search] Retry run out of 0 retry times")
+    shaped.__cause__ = shaped
+    # ... and pymilvus 3: the status itself.
+    for error in (shaped, MilvusException(code=grpc.StatusCode.UNAVAILABLE, message="gone")):
+        with pytest.raises(ServerUnavailableError, match=r"^not answering \(unavailable\)$"):
+            milvus_arrays.fetch(Failing(error), "c", [1], ["source"])
     # pymilvus 3, after its own attempt to reconnect.
     lost = MilvusException(code=2, message="Fail connecting to server on 127.0.0.1:9")
     with pytest.raises(ServerUnavailableError, match=r"^not answering \(cannot connect\)$"):
