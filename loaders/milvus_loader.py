@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_NEIGHBOURS = 32  # k of the stored reverse-neighbour statistics
-MAX_NEIGHBOURS = 4096  # Milvus caps an ARRAY field at 4096 elements
+MAX_NEIGHBOURS = 4096  # Milvus caps an ARRAY field's max_capacity at 4096
 Stats = Literal["pool", "split"]
 
 

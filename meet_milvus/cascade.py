@@ -109,8 +109,9 @@ def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1
             raise ParameterError(
                 f"stage size {keep}: a fraction must be at most 1 (or give a count)"
             )
-        # The decimal the user wrote, times the count, rounded down as MEET's reference does;
-        # float arithmetic would overshoot (0.55 * 100 = 55.000000000000007).
+        # The decimal the user wrote, times the count, rounded down. MEET's reference floors the
+        # float product, which falls one short where it lands just under an integer (0.29 * 100
+        # = 28.999999999999996); at its rates (0.3, 0.5, 0.6) the two agree (README).
         keep = int(Fraction(repr(keep)) * available)
     return int(max(1, min(max(keep, least), available, cap)))
 

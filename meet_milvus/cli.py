@@ -75,6 +75,15 @@ def main() -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except Exception as e:
+        from pymilvus.exceptions import MilvusException  # only now: `--help` stays instant
+
+        if not isinstance(e, MilvusException):
+            raise
+        # A Milvus error that no layer below put in words: still one line, with what to do.
+        click.echo(f"error: Milvus: {_one_line(e.message)} (check the server: `meet-milvus "
+                   "server status` or its log, then retry)", err=True)  # fmt: skip
+        sys.exit(2)
 
 
 def read_token_file(path: Path) -> str:

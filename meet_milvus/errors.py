@@ -7,6 +7,7 @@ subclasses let a caller catch one kind (the CLI prints any of them as one line, 
     GalleryNotFoundError   no gallery (collection set) of that name in Milvus
     GalleryMismatchError   the gallery was built by another model, or its layout differs
     ServerUnavailableError Milvus cannot be reached, started or authenticated against
+    MilvusError            Milvus answered a request with an error
     CheckpointError        a checkpoint directory is missing, unreadable or inconsistent
     DataSetError           a data set (split, features, captions, manifest) is missing or invalid
 """
@@ -34,6 +35,11 @@ class GalleryMismatchError(GalleryError):
 
 class ServerUnavailableError(MeetError):
     """The Milvus server cannot be reached, started, or authenticated against."""
+
+
+class MilvusError(MeetError):
+    """Milvus answered a request with an error (a server that does not answer at all is a
+    ServerUnavailableError)."""
 
 
 class CheckpointError(MeetError):

@@ -10,7 +10,8 @@ Rules, the same for every entry point:
   Images with no caption are left out of the image -> text queries, but stay in the gallery that
   text -> image queries search.
 * text -> image: a caption's rank is the rank of its image.
-* Ranks are 1-based. R@K is the percentage of queries with rank <= K; rSum adds the six R@K.
+* Ranks are 1-based. R@K is the percentage of queries with rank <= K; rSum adds the six R@K
+  unrounded (MEET's reference rounds each to 0.1 first: up to 0.3 apart).
   medr is ``floor(median(rank))`` and meanr ``mean(rank)``, as VSE++ reports them.
 * Ties (similarity matrix) are pessimistic: a ground truth tied with a non-match ranks after it,
   so a constant matrix scores rank = gallery size, not rank 1. Ground truths tied with each other

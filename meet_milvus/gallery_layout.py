@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from meet_milvus import milvus_arrays
 from meet_milvus.errors import (
     GalleryMismatchError,
     GalleryNotFoundError,
@@ -105,8 +106,10 @@ def check_name(name: str) -> str:
     if not isinstance(name, str):
         raise ParameterError(f"collection name: expected text, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
+        shown = name if len(name) <= 60 else name[:60] + "..."
         raise ParameterError(
-            f"collection name '{name}': use letters, digits and underscores, starting with a letter"
+            f"collection name {shown!r}: use letters, digits and underscores (at most 201), "
+            "starting with a letter or an underscore"
         )
     return name
 
@@ -274,7 +277,7 @@ class Gallery:
     def ensure_loaded(self, client: MilvusClient, name: str) -> None:
         """Load a collection into Milvus memory before the first query of it (idempotent)."""
         if name not in self.loaded:
-            client.load_collection(name)
+            milvus_arrays.call(client.load_collection, name)  # a refusal: one line
             self.loaded.add(name)
 
     def collections(self) -> list[str]:

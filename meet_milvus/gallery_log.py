@@ -135,8 +135,9 @@ def read_changes(
     client: MilvusClient, gallery: str, after: int = 0, consistency: str = "Strong"
 ) -> list[Change]:
     """The logged changes with a generation above `after`, oldest first."""
-    rows = client.query(
-        log_name(gallery), filter=f"id > {int(after)}", consistency_level=consistency,
+    rows = milvus_arrays.call(
+        client.query, log_name(gallery), filter=f"id > {int(after)}",
+        consistency_level=consistency, retry_times=0,
         output_fields=["id", "modality", "lo", "hi", "deleted", "state"],
     )  # fmt: skip
     changes = [

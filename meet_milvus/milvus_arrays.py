@@ -1,23 +1,24 @@
 """Milvus searches and id look-ups as numpy arrays, batched to the server's limits.
 
-pymilvus turns every hit into a Python dict, which costs ~10 µs a hit: a 16384-deep search of
-20 queries spends 3 s in the client and 0.2 s in Milvus. These helpers send the same requests
-and read the reply's packed arrays directly (`_grpc`, the one place that touches pymilvus's
-internals), falling back to the public API if the client's internals change. Filters are
-written literally (`id in [1, 2]`): Milvus 2.3 does not parse filter templates.
+Only pymilvus's public MilvusClient API (`search`, `query`), so any pymilvus from 2.5 to 3.x
+works: pymilvus turns every hit and row into a dict, which these helpers turn back into arrays
+(what that costs beside reading the raw gRPC reply: README, "pymilvus and Milvus versions").
+Filters are written literally (`id in [1, 2]`): Milvus 2.3 does not parse filter templates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
+from pymilvus import Status
+from pymilvus.exceptions import MilvusException
 
 from meet_milvus.errors import (
     GalleryMismatchError,
-    MeetError,
+    MilvusError,
     ParameterError,
     ServerUnavailableError,
 )
@@ -29,6 +30,7 @@ MAX_TOPK = 16384  # Milvus: topk and nq at most 16384 per search
 MAX_NQ = 16384
 RPC_BYTES = 48 << 20  # stay well under the 64 MB message limit
 ID_CHUNK = 4096  # ids per literal `id in [...]` list
+NOT_ANSWERING = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # gRPC codes of a server gone
 
 
 def search(
@@ -166,33 +168,42 @@ def count(
     return int(rows[0]["count(*)"])
 
 
+def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """method(*args, **kwargs), a MilvusClient call whose failure is one line:
+    ServerUnavailableError when nothing answers, MilvusError with Milvus's message otherwise."""
+    try:
+        return method(*args, **kwargs)
+    except (MilvusException, grpc.RpcError) as e:
+        if _rpc_code(e) in NOT_ANSWERING:
+            raise ServerUnavailableError(f"not answering ({_rpc_code(e).lower()})") from None
+        if isinstance(e, MilvusException) and e.code == Status.CONNECT_FAILED:
+            # pymilvus 3 reconnects on its own first, then says only that it could not
+            raise ServerUnavailableError("not answering (cannot connect)") from None
+        message = e.details() if isinstance(e, grpc.RpcError) else e.message
+        raise MilvusError(f"Milvus: {' '.join(str(message).split())}") from None
+
+
+def _rpc_code(error: BaseException | None) -> str:
+    """The gRPC status behind an error, or ''. pymilvus wraps it in a MilvusException whose
+    `code` is the status (3.x) or the RpcError's `code` method (2.5), and may re-raise that as
+    `e from e`, losing the RpcError from the chain."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = getattr(error, "code", None)
+        if isinstance(error, grpc.RpcError | MilvusException) and callable(code):
+            code = code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        error = error.__cause__
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class _Grpc:
-    stub: Any  # the connection's gRPC stub: .Search(request), .Query(request)
-    prepare: Any  # pymilvus.client.prepare.Prepare: builds the requests
-    check_status: Callable[[Any], None]  # raises pymilvus's error for a failed reply
-
-
-def _grpc(client: MilvusClient) -> _Grpc | None:
-    """The client's gRPC stub and request builder, or None where pymilvus's internals differ.
-
-    The only use of pymilvus internals (`MilvusClient._get_connection()._stub`, `Prepare`,
-    `check_status`; pymilvus 2.5): the raw reply carries ids, scores and fields as packed
-    arrays. With None the callers use the public API (`client.search`, `client.query`): the
-    same rows, ~10 µs a hit slower. A `Prepare` whose signature changed (TypeError when a
-    request is built) falls back the same way.
-    """
-    try:
-        from pymilvus.client.prepare import Prepare
-        from pymilvus.client.utils import check_status
-
-        stub = client._get_connection()._stub
-    except (ImportError, AttributeError):
-        return None
-    return _Grpc(stub, Prepare, check_status)
+# Searches and queries are not retried inside pymilvus (its default is up to 75 tries, minutes
+# against a dead server): a failed call says so at once, and the searcher reconnects.
+_NO_RETRY = {"retry_times": 0}
 
 
 def _width(queries: Any) -> int:
@@ -211,40 +222,11 @@ def _search_raw(
     expr: str | None,
     consistency: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    param = {"metric_type": metric, "params": params}
-    grpc = _grpc(client)
-    try:
-        request = grpc and grpc.prepare.search_requests_with_expr(
-            collection, data, field, param, limit, expr, None, [], -1,
-            consistency_level=consistency,
-        )  # fmt: skip
-    except TypeError:  # the request builder changed
-        grpc = None
-    if grpc is None:
-        return _search_public(client, collection, field, data, limit, param, expr, consistency)
-    response = _rpc(grpc.stub.Search, request)
-    grpc.check_status(response.status)
-    result = response.results
-    return (
-        np.asarray(result.topks, dtype=np.int64),
-        np.asarray(result.ids.int_id.data, dtype=np.int64),
-        np.asarray(result.scores, dtype=np.float32),
-    )
-
-
-def _search_public(
-    client: MilvusClient,
-    collection: str,
-    field: str,
-    data: Any,
-    limit: int,
-    param: dict,
-    expr: str | None,
-    consistency: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    hits = client.search(
-        collection, data=list(data), anns_field=field, limit=limit, search_params=param,
-        filter=expr or "", consistency_level=consistency,
+    """One search request: hits per query, then every hit's id and distance, in order."""
+    hits = call(
+        client.search, collection, data=list(data), anns_field=field, limit=limit,
+        search_params={"metric_type": metric, "params": params}, filter=expr or "",
+        consistency_level=consistency, **_NO_RETRY,
     )  # fmt: skip
     topks = np.array([len(h) for h in hits], dtype=np.int64)
     ids = np.array([x["id"] for h in hits for x in h], dtype=np.int64)
@@ -255,88 +237,31 @@ def _search_public(
 def _query_raw(
     client: MilvusClient, collection: str, expr: str, fields: list[str], consistency: str
 ) -> dict[str, Any]:
-    grpc = _grpc(client)
-    try:
-        request = grpc and grpc.prepare.query_request(
-            collection, expr, fields, None, consistency_level=consistency
-        )
-    except TypeError:  # the request builder changed
-        grpc = None
-    if grpc is None:
-        rows = client.query(
-            collection, filter=expr, output_fields=fields, consistency_level=consistency
-        )
-        return _columns_from_rows(rows, fields)
-    response = _rpc(grpc.stub.Query, request)
-    grpc.check_status(response.status)
-    return {f.field_name: _decode(f) for f in response.fields_data}
-
-
-def _decode(field: Any) -> np.ndarray | list:
-    """One FieldData of a query reply as an array (or a list of strings)."""
-    kind = field.WhichOneof("field")
-    if kind == "vectors":
-        vectors = field.vectors
-        dim = int(vectors.dim)
-        if vectors.WhichOneof("data") == "binary_vector":
-            raw = np.frombuffer(vectors.binary_vector, dtype=np.uint8)
-            return raw.reshape(-1, dim // 8)
-        return np.asarray(vectors.float_vector.data, dtype=np.float32).reshape(-1, dim)
-    scalars = field.scalars
-    which = scalars.WhichOneof("data")
-    if which is None:
-        return np.zeros(0)
-    if which == "string_data":
-        return list(scalars.string_data.data)
-    if which == "array_data":
-        rows = [_scalar_values(s) for s in scalars.array_data.data]
-        width = max((len(r) for r in rows), default=0)
-        dtype = np.float32 if rows and rows[0].dtype.kind == "f" else np.int64
-        out = np.zeros((len(rows), width), dtype=dtype)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out
-    return _scalar_values(scalars)
-
-
-def _scalar_values(scalars: Any) -> np.ndarray:
-    which = scalars.WhichOneof("data")
-    if which in ("float_data", "double_data"):
-        return np.asarray(getattr(scalars, which).data, dtype=np.float32)
-    if which in ("long_data", "int_data"):
-        return np.asarray(getattr(scalars, which).data, dtype=np.int64)
-    if which == "bool_data":
-        return np.asarray(scalars.bool_data.data, dtype=bool)
-    raise MeetError(f"Milvus reply: unsupported field data {which}")
+    """One query request, as columns (field -> values)."""
+    rows = call(
+        client.query, collection, filter=expr, output_fields=fields,
+        consistency_level=consistency, **_NO_RETRY,
+    )  # fmt: skip
+    return _columns_from_rows(rows, fields)
 
 
 def _columns_from_rows(rows: list[dict], fields: list[str]) -> dict[str, Any]:
+    """Query rows as columns: strings as lists, binary vectors as uint8 (n, bytes), float
+    vectors and ARRAY fields as (n, width) arrays (int64 or float32), scalars as int64."""
     out: dict[str, Any] = {}
     for name in fields:
         values = [r[name] for r in rows]
-        if values and isinstance(values[0], str):
-            out[name] = values
-        elif values and isinstance(values[0], bytes | list) and name != "id":
-            first = values[0]
-            if isinstance(first, list) and first and isinstance(first[0], bytes):
+        if values and isinstance(values[0], list) and values[0]:
+            if isinstance(values[0][0], bytes):  # pymilvus 2.5: a binary vector as [bytes]
                 values = [v[0] for v in values]
-            if isinstance(values[0], bytes):
-                out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), -1)
-            else:
-                out[name] = np.asarray(values, dtype=np.float32)
-        else:
+        first = values[0] if values else None
+        if isinstance(first, str):
+            out[name] = values
+        elif isinstance(first, bytes):
+            out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), -1)
+        elif first is None or np.ndim(first) == 0:
             out[name] = np.asarray(values, dtype=np.int64)
+        else:
+            array = np.asarray(values)
+            out[name] = array.astype(np.int64 if array.dtype.kind in "iub" else np.float32)
     return out
-
-
-def _rpc(call: Any, request: Any) -> Any:
-    """One raw gRPC call; a failed one as a one-line MeetError (ServerUnavailable when nothing
-    answers: pymilvus's own calls would retry for minutes, a search should say so at once)."""
-    import grpc
-
-    try:
-        return call(request)
-    except grpc.RpcError as e:
-        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise ServerUnavailableError(f"not answering ({e.code().name.lower()})") from None
-        raise MeetError(f"Milvus: {e.details()}") from None

@@ -18,7 +18,6 @@ after which only the rows of the new changes are read from Milvus.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,11 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from pymilvus.exceptions import MilvusException
 
 from meet_milvus import milvus_arrays
 from meet_milvus.config import Settings
-from meet_milvus.errors import ServerUnavailableError
 from meet_milvus.gallery_layout import Gallery, GalleryMeta, Modality, load_all
 from meet_milvus.gallery_log import (
     GalleryState,
@@ -143,8 +140,7 @@ class MilvusReader:
         side.gallery.ensure_loaded(side.client, log_name(side.gallery.name))
         if not newer(side.client, side.gallery.name, self._state.generation):
             return False
-        with _one_line():
-            new = read_changes(side.client, side.gallery.name, self._state.generation)
+        new = read_changes(side.client, side.gallery.name, self._state.generation)
         for change in new:
             self._state.apply(change)
         self._state.pending.clear()
@@ -191,15 +187,6 @@ class MilvusReader:
 
 
 # -- the local tier kept in step with Milvus ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def _one_line() -> Iterator[None]:
-    """pymilvus's errors while a search catches up, as the searcher's one-line kind."""
-    try:
-        yield
-    except MilvusException as e:
-        raise ServerUnavailableError(f"not answering ({e.message})") from None
 
 
 def _fields(gallery: Gallery, modality: Modality) -> dict[str, list[str]]:
@@ -319,9 +306,8 @@ class TierSync:
             self._checked = time.monotonic()
             self.gallery.ensure_loaded(self.client, log_name(self.gallery.name))
             if newer(self.client, self.gallery.name, self.tier.generation):
-                with _one_line():
-                    catch_up(self.client, self.gallery, self.tier.meta.modality,
-                             self.tier.path, self.tier.generation)  # fmt: skip
+                catch_up(self.client, self.gallery, self.tier.meta.modality, self.tier.path,
+                         self.tier.generation)
                 self.tier.refresh()
         return self.tier
 

@@ -35,6 +35,7 @@ from meet_milvus.config import Settings, load_settings
 from meet_milvus.errors import (
     GalleryMismatchError,
     MeetError,
+    MilvusError,
     ParameterError,
     ServerUnavailableError,
 )
@@ -340,6 +341,11 @@ class MeetSearcher:
             self._lost = True
             where = describe(self.settings)
             raise ServerUnavailableError(f"{where}: {e}; the next call reconnects") from None
+        except MilvusError as e:  # e.g. a server restarted moments ago, still settling
+            raise MilvusError(
+                f"{describe(self.settings)}: {e}; retry in a minute (a server restarted moments "
+                "ago is still settling); if it persists, see the server's log"
+            ) from None
         return hits
 
     def reconnect(self, attempts: int = RECONNECT_ATTEMPTS) -> None:

@@ -745,6 +745,9 @@ def _client(uri: str, token: str, db_name: str, timeout: float, **kwargs: Any) -
         try:
             return MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
         except MilvusException as e:
+            cause = e.__cause__  # pymilvus 3 wraps a refused credential as a failed connection
+            if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise _AuthRefused(f"{where}: authentication refused (check the token)") from None
             if e.code == Status.CONNECT_FAILED:
                 raise _NotAnswering(f"{where}: not answering") from None
             raise ServerUnavailableError(f"{where}: {_clean(e.message, token)}") from None

@@ -133,7 +133,7 @@ def test_reference_mode_matches_the_reference_with_its_k1_per_direction(gallery,
     reranker = SearchConfig(rerank="reference").reranker(gallery)
     assert (reranker.mode, reranker.z) == ("reference", k1)  # 12 for text queries, 15 image
     rng = np.random.default_rng(k1)
-    # Distinct similarities at least 4e-4 apart: closer ones are a tie to the re-ranker (TIE).
+    # Distinct similarities 4e-4 apart (near-ties: tests/test_reference_agreement.py).
     sim = rng.permutation(40 * 60).reshape(40, 60) / (40 * 60)
     sim[rng.random(sim.shape) < 0.3] = -10.0  # filtered out
     changed = 0

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from meet_milvus.config import resolve_device
 from meet_milvus.errors import DataSetError
-from meet_milvus.inputs import check_count
+from meet_milvus.inputs import check_count, is_file
 from meet_milvus.progress import progress_bar
 
 MODEL_NAME = "efficientnet-lite0"
@@ -35,6 +35,7 @@ def load_image(path: str | Path) -> Image.Image:
     """An RGB image; transparent parts are laid on white. DataSetError when it cannot be read, or
     when it has more pixels than PIL's decompression-bomb limit (PIL only warns up to twice it;
     a photo has far fewer)."""
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -206,7 +207,17 @@ class GridFeatureExtractor:
         tmp.replace(path)
 
 
+def _check_regular(path: str | Path) -> None:
+    """DataSetError unless `path` is a regular file: reading a FIFO (or a device) would wait
+    forever, so it is refused before it is opened."""
+    if not is_file(path):
+        if os.path.exists(path):
+            raise DataSetError(f"{path}: not a regular file, so not an image")
+        raise DataSetError(f"{path}: image file not found")
+
+
 def _file_hash(path: str | Path) -> str:
+    _check_regular(path)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
