@@ -94,7 +94,7 @@ def check_neighbours(neighbours: int) -> int:
     if not 1 <= neighbours <= MAX_NEIGHBOURS:
         raise ParameterError(
             f"--neighbours {neighbours}: must be between 1 and {MAX_NEIGHBOURS} (Milvus's "
-            f"largest array)"
+            f"longest array)"
         )
     return neighbours
 

@@ -325,14 +325,14 @@ class MeetSearcher:
         if self._lost:
             self.reconnect()
         try:
-            store = self.store(gallery)
+            cascade, hits = self.cascade(gallery, k), []
+            store = cascade.stages[0].store
             dead = store.dead()
             if store.rows - (0 if dead is None else int(dead.sum())) == 0:
                 return [[] for _ in range(len(queries))]  # nothing of that modality (yet)
-            cascade, hits = self.cascade(gallery, k), []
             # Bounded batches: a stage holds (queries x candidates) arrays, up to the gallery
             # wide.
-            step = max(1, QUERY_CELLS // max(1, cascade.stages[0].store.rows))
+            step = max(1, QUERY_CELLS // max(1, store.rows))
             for lo in range(0, len(queries), step):
                 traces = cascade.trace(queries[lo : lo + step])
                 final = traces[-1].candidates.head(k)
