@@ -147,7 +147,11 @@ class GalleryWriter:
         if path is None and self.gallery is not None:
             path = self.gallery.meta["image"].checkpoint
         if not path:
-            raise ParameterError(f"collection '{collection}' is new: name a checkpoint")
+            raise GalleryNotFoundError(
+                f"collection '{collection}': not in Milvus yet; to make it, index files into it "
+                f"with a checkpoint (`meet-milvus index PATH --collection {collection} "
+                f"--checkpoint DIR`)"
+            )
         self.model: MeetModel = load_checkpoint(path, self.settings.device,
                                                 self.settings.cache_dir)  # fmt: skip
         self.checkpoint = Path(path)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from meet_milvus import GalleryWriter, MeetSearcher, NewItem
 from meet_milvus.cli import cli
+from meet_milvus.errors import GalleryNotFoundError
 from meet_milvus.gallery_layout import open_gallery
 from meet_milvus.gallery_log import gallery_state
 from meet_milvus.server import connect
@@ -106,6 +107,8 @@ def test_index_a_folder_then_search_update_and_delete(cli_flags, runtime_setting
         assert len(found) == 8 and not {"home/p2.png", "holiday/beach/p1.png"} & set(found)
     found = [h.external_id for h in searcher.search("a cottage", k=20)]  # the old searcher too
     assert len(found) == 8 and "home/p2.png" not in found
+    with pytest.raises(GalleryNotFoundError, match="'t_nothing': not in Milvus yet"):
+        GalleryWriter("t_nothing", settings=runtime_settings)  # a delete of nothing, say
 
 
 def test_a_caption_only_gallery_answers_image_queries(runtime_settings, demo_checkpoint, tmp_path):
