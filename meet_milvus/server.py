@@ -76,9 +76,9 @@ from pydantic import SecretStr
 
 from meet_milvus.config import DEFAULT_HOME, Settings, redact_uri
 from meet_milvus.errors import ParameterError, ServerUnavailableError
+from meet_milvus.files import private_dir, write_private
 from meet_milvus.gallery_layout import MILVUS_LITE
 from meet_milvus.inputs import check_seconds
-from meet_milvus.private import private_dir, write_private
 from meet_milvus.relay import PeerTable, Relay
 
 if TYPE_CHECKING:

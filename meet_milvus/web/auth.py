@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meet_milvus.private import write_private
+from meet_milvus.files import write_private
 
 TOKEN_FILE = "serve.token"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9_-]{16,256}")

@@ -1,0 +1,50 @@
+"""Files written whole or not at all, and files only their user may read (the embedded
+server's credential and specs, the web service's access token)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; renamed over `path` when the block ends without
+    an error (readers see the old or the new file, never half of one), removed otherwise.
+    `mode` sets the permissions before the rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600) atomically."""
+    with replacing(path) as tmp:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a stale tmp keeps its old mode through O_CREAT
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in `path`. Raises OSError, UnicodeDecodeError or ValueError (JSON errors
+    are ValueErrors): each caller words the failure for its own file."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def private_dir(path: Path) -> None:
+    """`path` and its missing parents made; `path` itself 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
