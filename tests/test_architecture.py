@@ -31,7 +31,8 @@ SOURCES = {"meet_milvus": "meet_milvus", "meet_milvus_loaders": "loaders",
 # the module itself and everything under it); it may import its own layer and lower ones.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("meet_milvus.errors", "meet_milvus.inputs", "meet_milvus.config",
-              "meet_milvus.progress", "meet_milvus.evaluation", "meet_milvus.files")),
+              "meet_milvus.progress", "meet_milvus.evaluation", "meet_milvus.files",
+              "meet_milvus.batching")),
     ("model", ("meet_milvus.model",)),
     ("milvus access", ("meet_milvus.server", "meet_milvus.relay", "meet_milvus.gallery_layout",
                        "meet_milvus.gallery_log", "meet_milvus.gallery_rows", "meet_milvus.pool",
