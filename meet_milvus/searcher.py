@@ -54,7 +54,7 @@ from meet_milvus.tier import LocalTier, rebuild_ann
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
 # `filter="auto"` uses the ANN index from this gallery size on
-# (`python -m benchmarks.bench_cascade`, README "Defaults that follow").
+# (`python -m benchmarks.bench_cascade`, README "Performance at scale").
 ANN_MIN_ROWS = 50_000
 RECONNECT_ATTEMPTS = 3  # connections tried after Milvus stopped answering (1 s, 2 s apart)
 
@@ -83,18 +83,19 @@ class SearchConfig(BaseModel):
         f"vectors (tier local), or auto (ANN from {ANN_MIN_ROWS:,} items on)",
     )
     # ann_keep and ann_nprobe: `python -m benchmarks.bench_cascade --ann-nprobe ...` (README
-    # "Defaults that follow").
+    # "Performance at scale").
     ann_keep: int = Field(300, ge=1, description="candidates the ANN stage passes on")
     ann_nprobe: int | float = Field(
         0.05, gt=0, description="IVF lists the ANN stage scans (a count, or a fraction)"
     )
     hash: bool = Field(True, description="the Hamming filter stage")
-    # MEET's reference rates (at_bert/lib/evalution_AHR.py), checked on the demo dev split with
-    # `meet-milvus eval --collection demo_dev` (README "Results").
+    # MEET's reference rates (at_bert/lib/evalution_AHR.py); with them the cascade stays within
+    # a point of exact dense search (`meet-milvus eval --collection demo`, README "Retrieval
+    # through Milvus").
     hash_keep_images: Keep = Field(0.6, description="Hamming stage size searching images")
     hash_keep_texts: Keep = Field(0.3, description="Hamming stage size searching captions")
     # The scan has no topk cap and is faster than Milvus at scale
-    # (`python -m benchmarks.bench_cascade`, README "Performance").
+    # (`python -m benchmarks.bench_cascade`, README "Performance at scale").
     hash_mode: Literal["milvus", "client"] = Field(
         "client",
         description="Hamming stage: a client-side scan of cached codes (no topk cap) or Milvus "
@@ -127,7 +128,7 @@ class SearchConfig(BaseModel):
         "rule: the top K1 by reverse rank alone), or false (off)",
     )
     # alpha, beta, z: the best of a grid (`meet-milvus eval --collection demo_dev --tune`,
-    # README "Results").
+    # README "Retrieval through Milvus").
     alpha: float = Field(0.0, description="re-ranking weight of consistency")
     beta: float = Field(0.4, description="re-ranking weight of complementarity")
     z: int = Field(30, ge=1, description="re-ranking depth")
