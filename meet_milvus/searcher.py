@@ -241,8 +241,9 @@ class MeetSearcher:
         self._model_lock = threading.Lock()
         self._lost = False  # Milvus stopped answering: the next call reconnects first
 
-    def store(self, gallery: Modality, tier: Literal["local", "server"] | None = None
-              ) -> GalleryReader:  # fmt: skip
+    def store(
+        self, gallery: Modality, tier: Literal["local", "server"] | None = None
+    ) -> GalleryReader:
         """What the stages read one modality through, up to date with the gallery's changes:
         its local tier (built from Milvus when missing or stale) or, with tier 'server', the
         Milvus collections. `tier` defaults to the searcher's config."""
