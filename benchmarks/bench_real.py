@@ -97,11 +97,12 @@ def end_to_end(client, settings, name: str, gallery_m: str, q: Encoded, truth: n
     rows = gallery.rows(gallery_m)
     cascades = {
         "MEET: Hamming -> PQ -> exact (defaults)": Cascade([
-            HammingFilter(tier, cfg.keep("hash", gallery_m)),
-            QuantizedFilter(tier, codebooks, cfg.keep("pq", gallery_m)),
-            ExactRescore(tier, K)]),
+            HammingFilter(tier, keep=cfg.hash_keep(gallery_m), mode=cfg.hash_mode),
+            QuantizedFilter(tier, codebooks, keep=cfg.pq_keep(gallery_m), mode=cfg.pq_mode),
+            ExactRescore(tier, keep=K)]),
         "ANN -> exact (defaults)": Cascade([
-            AnnFilter(tier, cfg.ann_keep, cfg.ann_nprobe), ExactRescore(tier, K)]),
+            AnnFilter(tier, keep=cfg.ann_keep, nprobe=cfg.ann_nprobe),
+            ExactRescore(tier, keep=K)]),
     }  # fmt: skip
     out = {}
     for label, cascade in cascades.items():

@@ -276,7 +276,7 @@ def stub_searcher(model):
     searcher.model, searcher.config = model, SearchConfig()
     searcher._model_lock = threading.Lock()
 
-    def run(queries, gallery, k=10, diagnostics=False):
+    def run(queries, gallery, k=10, diagnostics=False, config=None):
         hit = Hit(id=0, score=1.0, source="s", external_id="e", modality=gallery, image=0)
         return [[hit] * int(k) for _ in range(len(queries))]
 

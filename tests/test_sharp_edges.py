@@ -141,7 +141,7 @@ def test_a_milvus_error_during_a_search_names_the_server_and_what_to_do(tmp_path
     searcher.settings = Settings(data_dir=tmp_path, milvus_uri="http://127.0.0.1:9")
     searcher._lost = False
 
-    def refused(gallery, k):
+    def refused(gallery, k, config=None):
         gallery_ = cols.Gallery("demo", cols.Layout("split"), {})
         gallery_.ensure_loaded(RefusingLoad(), "demo_text_pq")
 
