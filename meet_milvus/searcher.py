@@ -13,12 +13,14 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from meet_milvus.batching import Batcher
 from meet_milvus.cascade import (
     AnnFilter,
     Candidates,
@@ -56,6 +58,7 @@ QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB 
 # `filter="auto"` uses the ANN index from this gallery size on
 # (`python -m benchmarks.bench_cascade`, README "Performance at scale").
 ANN_MIN_ROWS = 50_000
+MAX_BATCH_CALLS = 64  # concurrent calls answered by one encoder pass and one stage pass
 RECONNECT_ATTEMPTS = 3  # connections tried after Milvus stopped answering (1 s, 2 s apart)
 
 
@@ -239,6 +242,9 @@ class MeetSearcher:
         # One encoding at a time: the model flips eval/train state around a call, and torch
         # already spreads one call over every core (concurrent calls only oversubscribe them).
         self._model_lock = threading.Lock()
+        # Concurrent search calls share one encoder pass and one stage pass: batched, the
+        # model and the stages answer many queries for little more than one.
+        self._calls: Batcher[_Call, list[list[Hit]]] = Batcher(self._answer, MAX_BATCH_CALLS)
         self._lost = False  # Milvus stopped answering: the next call reconnects first
 
     def store(
@@ -293,8 +299,8 @@ class MeetSearcher:
         _checked(config)
         if not texts:
             return []
-        queries = self.encode_texts(texts)
-        hits = self.run(queries, "image", k, diagnostics, config)
+        self._check_texts(texts)
+        hits = self._submit(_Call("image", texts, k, diagnostics, config), "text")
         return hits[0] if single else hits
 
     def search_image(
@@ -312,12 +318,40 @@ class MeetSearcher:
         _checked(config)
         if not items:
             return []
-        queries = self.encode_images(items)
-        hits = self.run(queries, "text", k, diagnostics, config)
+        kind = tuple(sorted({getattr(x, "shape", "file") for x in items}, key=str))
+        hits = self._submit(_Call("text", items, k, diagnostics, config), kind)
         return hits[0] if single else hits
+
+    def _submit(self, call: _Call, kind: object) -> list[list[Hit]]:
+        """`call` answered together with the calls of other threads that can share its passes:
+        same direction, kind of query, k, diagnostics and config."""
+        settings = None if call.config is None else call.config.model_dump_json()
+        return self._calls.submit(call, (call.gallery, kind, call.k, call.diagnostics, settings))
+
+    def _answer(self, calls: list[_Call]) -> list[list[list[Hit]]]:
+        """One batch of like calls: their queries encoded together, searched together."""
+        first = calls[0]
+        items = [x for c in calls for x in c.items]
+        if first.gallery == "image":
+            with self._model_lock:
+                queries = self.model.encode_texts(items)
+        else:
+            queries = self.encode_images(items)
+        hits = self.run(queries, first.gallery, first.k, first.diagnostics, first.config)
+        out, at = [], 0
+        for c in calls:
+            out.append(hits[at : at + len(c.items)])
+            at += len(c.items)
+        return out
 
     def encode_texts(self, texts: list[str]) -> Encoded:
         """Query texts through the model; empty ones refused, over-long ones truncated (warned)."""
+        self._check_texts(texts)
+        with self._model_lock:
+            return self.model.encode_texts(texts)
+
+    def _check_texts(self, texts: list[str]) -> None:
+        """Empty texts refused, over-long ones warned about (in the caller's own thread)."""
         for i, t in enumerate(texts):
             check_text(t, f"query {i}")
         limit = self.model.max_text_len
@@ -327,8 +361,6 @@ class MeetSearcher:
                     f"query {i}: {n} tokens, the model reads the first {limit} (truncated)",
                     stacklevel=3,
                 )
-        with self._model_lock:
-            return self.model.encode_texts(texts)
 
     def encode_images(self, items: list) -> Encoded:
         """Image files or feature arrays through the model (the same kind within a batch)."""
@@ -491,6 +523,17 @@ class MeetSearcher:
     def __repr__(self) -> str:
         model = self.model.config.fingerprint[:12]
         return f"MeetSearcher(collection={self.gallery.name!r}, model={model!r})"
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One search call waiting for its batch: the modality searched and its queries."""
+
+    gallery: Modality
+    items: list
+    k: int
+    diagnostics: bool
+    config: SearchConfig | None
 
 
 def _checked(config: object) -> SearchConfig | None:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -177,6 +178,44 @@ def test_a_calls_config_answers_as_a_searcher_built_with_it(
     assert list(default[0].stages) == ["hash", "pq", "dense", "rerank"]
     with pytest.raises(ParameterError, match="config: expected a SearchConfig"):
         searcher.search(texts[0], config={"pq": False})
+
+
+def ranking(rows: list[list[Hit]]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([[h.id for h in r] for r in rows]),
+            np.array([[h.score for h in r] for r in rows]))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_concurrent_callers_get_their_sequential_answers(searcher, split, monkeypatch):
+    texts, images = split.captions[:12], split.image_paths[:6]
+    alone = [searcher.search(t, k=5) for t in texts] + [
+        searcher.search_image(p, k=5) for p in images
+    ]
+    sizes: list[int] = []
+    answer = searcher._answer
+
+    def counted(calls):
+        sizes.append(len(calls))
+        return answer(calls)
+
+    monkeypatch.setattr(searcher._calls, "_run", counted)
+    calls = [lambda t=t: searcher.search(t, k=5) for t in texts]
+    calls += [lambda p=p: searcher.search_image(p, k=5) for p in images]
+    together: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def caller(i: int) -> None:
+        start.wait()
+        together[i] = calls[i]()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    # Batched encoding differs from one-at-a-time by float error only: the same ranking.
+    assert_same_ranking(*ranking(alone), *ranking(together), atol=1e-4)
+    assert sum(sizes) == len(calls) and max(sizes) > 1  # callers shared passes
 
 
 @pytest.mark.unit
