@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("meet_milvus.errors", "meet_milvus.inputs", "meet_milvus.config",
               "meet_milvus.progress", "meet_milvus.evaluation", "meet_milvus.files")),
     ("model", ("meet_milvus.model",)),
-    ("milvus access", ("meet_milvus.server", "meet_milvus.relay", "meet_milvus.gallery_layout",
+    ("milvus access", ("meet_milvus.server", "meet_milvus.gallery_layout",
                        "meet_milvus.gallery_log", "meet_milvus.gallery_rows", "meet_milvus.pool",
                        "meet_milvus.milvus_arrays", "meet_milvus.tier", "meet_milvus.reader")),
     ("search", ("meet_milvus.results", "meet_milvus.rerank", "meet_milvus.cascade",
