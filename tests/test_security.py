@@ -33,7 +33,7 @@ from pymilvus import MilvusClient
 from meet_milvus import server as server_module
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError, ParameterError
-from meet_milvus.server import EmbeddedServer, binaries, connect, processes
+from meet_milvus.server import EmbeddedServer, binaries, connect, lifecycle, processes
 from meet_milvus.server import relay as relay_module
 from meet_milvus.server.relay import PeerTable, Relay
 from tests.plugins.milvus import embedded_settings
@@ -82,7 +82,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
     server = EmbeddedServer(settings)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(server_module, "LOG_MAX_BYTES", LOG_MAX)
+            mp.setattr(lifecycle, "LOG_MAX_BYTES", LOG_MAX)
             server.start(die_with_parent=True)
         yield settings
     finally:
