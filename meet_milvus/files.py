@@ -1,5 +1,5 @@
-"""Files written whole or not at all, and files only their user may read (the embedded
-server's credential and specs, the web service's access token)."""
+"""Files written whole or not at all, JSON state files, and files only their user may read
+(the embedded server's credential and specs, the web service's access token)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,27 @@ def private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
+
+
+def read_record(path: Path) -> dict:
+    """The JSON object in `path`, or {} when the file is missing, unreadable, torn or holds
+    anything else: for state files, where each of those means "nothing recorded"."""
+    try:
+        found = read_json(path)
+    except (OSError, ValueError):  # a UnicodeDecodeError is a ValueError too
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def private_tree(directory: Path) -> None:
+    """Everything under `directory` private to its user: 0700 folders, 0600 files (symbolic
+    links are left alone, and so is what cannot be changed)."""
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p := os.path.join(root, name)):
+                    os.chmod(p, 0o700)
+        for name in files:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p := os.path.join(root, name)):
+                    os.chmod(p, os.stat(p).st_mode & 0o700)

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "meet_milvus.progress", "meet_milvus.evaluation", "meet_milvus.files",
               "meet_milvus.batching")),
     ("model", ("meet_milvus.model",)),
-    ("milvus access", ("meet_milvus.server", "meet_milvus.relay", "meet_milvus.gallery_layout",
+    ("milvus access", ("meet_milvus.server", "meet_milvus.gallery_layout",
                        "meet_milvus.gallery_log", "meet_milvus.gallery_rows", "meet_milvus.pool",
                        "meet_milvus.milvus_arrays", "meet_milvus.tier", "meet_milvus.reader")),
     ("search", ("meet_milvus.results", "meet_milvus.rerank", "meet_milvus.cascade",
