@@ -34,7 +34,8 @@ from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.pool import POOL_MAX, Pool, neighbour_stats, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect, describe
-from meet_milvus.tier import tier_dir, write_tier
+from meet_milvus.tier import tier_dir
+from meet_milvus.tier_write import write_tier
 from meet_milvus_loaders.precomp import Split, load_split
 
 if TYPE_CHECKING:

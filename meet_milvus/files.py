@@ -1,11 +1,12 @@
-"""Files written whole or not at all, and files only their user may read (the embedded
-server's credential and specs, the web service's access token)."""
+"""Files written whole or not at all, folders swapped in finished, and files only their user may
+read (the embedded server's credential and specs, the web service's access token)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder `tmp` at `target`, removing any folder there first. Not atomic
+    (a folder cannot be renamed over a non-empty one): callers hold a lock, or readers look for
+    a file that marks the folder complete."""
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -49,7 +49,8 @@ from meet_milvus.reader import GalleryReader, MilvusReader, MilvusSide, TierSync
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
 from meet_milvus.server import connect, describe
-from meet_milvus.tier import LocalTier, rebuild_ann
+from meet_milvus.tier import LocalTier
+from meet_milvus.tier_write import rebuild_ann
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)

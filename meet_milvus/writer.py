@@ -49,7 +49,8 @@ from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.pool import Pool, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect
-from meet_milvus.tier import LocalTier, append_rows, mark_deleted, set_generation, tier_dir
+from meet_milvus.tier import LocalTier, tier_dir
+from meet_milvus.tier_write import append_rows, mark_deleted, set_generation
 
 DEFAULT_NEIGHBOURS = 32  # k of the re-ranking statistics of a gallery `index` starts
 BATCH = 1000  # items encoded and written as one change per modality
