@@ -47,9 +47,11 @@ def write_private(path: Path, text: str) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """The JSON value in `path`. Raises OSError, UnicodeDecodeError or ValueError (JSON errors
-    are ValueErrors): each caller words the failure for its own file."""
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON value in `path` (UTF-8; a leading byte-order mark, which some Windows editors
+    write, is skipped). Raises OSError, UnicodeDecodeError or ValueError (JSON errors are
+    ValueErrors), or RecursionError for nesting too deep: each caller words the failure for its
+    own file."""
+    return json.loads(path.read_text(encoding="utf-8-sig"))
 
 
 def private_dir(path: Path) -> None:

@@ -39,7 +39,13 @@ from meet_milvus.errors import (
     ParameterError,
     ServerUnavailableError,
 )
-from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_layout import (
+    MODALITIES,
+    Gallery,
+    Modality,
+    check_gallery_name,
+    open_gallery,
+)
 from meet_milvus.gallery_log import GalleryState, gallery_state
 from meet_milvus.inputs import check_text, is_file
 from meet_milvus.milvus_arrays import MAX_TOPK
@@ -175,7 +181,7 @@ class MeetSearcher:
             raise ParameterError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
         if self.config.filter == "ann" and self.config.tier != "local":
             raise ParameterError("search setting 'filter': the ANN index needs tier='local'")
-        check_name(collection)  # before connecting: a bad name starts no server
+        check_gallery_name(collection)  # before connecting: a bad name starts no server
         self.client = connect(settings)
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
         self.model: MeetModel = load_checkpoint(path, settings.device, settings.cache_dir)

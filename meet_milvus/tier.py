@@ -29,7 +29,6 @@ ANN_REBUILD_GROWTH since it was built.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ import numpy as np
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import GalleryMismatchError
+from meet_milvus.files import read_json
 from meet_milvus.gallery_layout import GalleryMeta, Modality
 
 TIER_FORMAT = 2
@@ -351,8 +351,8 @@ def _stamp(path: Path) -> tuple:
 
 def read_info(path: Path) -> dict:
     try:
-        info = json.loads((Path(path) / "tier.json").read_text())
-    except (OSError, ValueError):
+        info = read_json(Path(path) / "tier.json")
+    except (OSError, ValueError, RecursionError):
         raise GalleryMismatchError(
             f"gallery tier {path}: missing or unreadable tier.json"
         ) from None

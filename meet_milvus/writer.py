@@ -32,7 +32,13 @@ import numpy as np
 
 from meet_milvus.config import Settings, load_settings
 from meet_milvus.errors import GalleryMismatchError, GalleryNotFoundError, ParameterError
-from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_layout import (
+    MODALITIES,
+    Gallery,
+    Modality,
+    check_gallery_name,
+    open_gallery,
+)
 from meet_milvus.gallery_log import GalleryState, gallery_state
 from meet_milvus.gallery_rows import (
     Items,
@@ -139,7 +145,7 @@ class GalleryWriter:
         neighbours: int = DEFAULT_NEIGHBOURS,
     ) -> None:
         self.settings = settings or load_settings()
-        self.name = check_name(collection)
+        self.name = check_gallery_name(collection)
         self.client = connect(self.settings)
         self.gallery: Gallery | None = None
         with contextlib.suppress(GalleryNotFoundError):

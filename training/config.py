@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from meet_milvus.inputs import check_name
+from meet_milvus.inputs import check_data_name
 from meet_milvus_training.coder.config import CoderConfig
 
 
@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     @field_validator("data_name")
     @classmethod
     def _data_name(cls, v: str) -> str:
-        return check_name(v, "data set")  # it names folders under the data dir
+        return check_data_name(v, "data set")  # it names folders under the data dir
 
     @model_validator(mode="after")
     def _dims(self) -> TrainConfig:

@@ -11,7 +11,6 @@ Other model families (RoBERTa, DistilBERT, ...) are served by transformers
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.files import read_json
 
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
@@ -70,9 +70,10 @@ _FIELDS = {
 
 
 def _read_json(path: Path) -> dict:
+    """files.read_json, its failures worded as a text model's; a JSON object."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        value = read_json(path)
+    except (OSError, ValueError, RecursionError) as e:
         raise ParameterError(f"text model {path}: unreadable ({e})") from None
     if not isinstance(value, dict):
         raise ParameterError(f"text model {path}: expected a JSON object")
@@ -84,8 +85,8 @@ def is_plain_bert(path: str | Path) -> bool:
     safetensors file and a fast-tokenizer file. Anything else goes to transformers."""
     path = Path(path)
     try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        raw = read_json(path / "config.json")
+    except (OSError, ValueError, RecursionError):
         return False
     return (
         isinstance(raw, dict)

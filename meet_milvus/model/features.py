@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from meet_milvus.config import resolve_device
 from meet_milvus.errors import DataSetError
+from meet_milvus.files import replacing
 from meet_milvus.inputs import check_count, is_file
 from meet_milvus.progress import progress_bar
 
@@ -201,10 +202,8 @@ class GridFeatureExtractor:
             return
         path = self.cache_dir / digest[:2] / f"{digest}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
+        with replacing(path) as tmp, tmp.open("wb") as fh:
             np.save(fh, feats, allow_pickle=False)
-        tmp.replace(path)
 
 
 def _check_regular(path: str | Path) -> None:
