@@ -222,7 +222,8 @@ def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
 def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
     """Create the missing collections of one modality with their indexes; all its names.
 
-    Collections are not loaded here: `load_all` loads many at once (each load waits ~2 s).
+    Collections are not loaded here: `load_all` loads many at once (each load is a wait on the
+    server).
     """
     layout = Layout(meta.layout)
     names = layout.collections(meta.gallery, meta.modality)

@@ -1,10 +1,11 @@
 """A BERT encoder and its WordPiece tokenizer, read from a local model folder without transformers.
 
-Importing transformers and building its model class took 4.4 s of a 6.4 s one-off text search
-(idle 2-core machine); this module needs only torch, safetensors and tokenizers, and reads the
-same folder (config.json, model.safetensors, tokenizer.json) into the same computation: token
-ids equal transformers', token states within float rounding (tests/test_bert.py). Parameter
-names follow transformers' BertModel, so a fine-tuned encoder's checkpoint keeps its keys.
+Importing transformers and building its model class was most of a one-off text search's
+start-up (README "Starting a command"); this module needs only torch, safetensors and
+tokenizers, and reads the same folder (config.json, model.safetensors, tokenizer.json) into the
+same computation: token ids equal transformers', token states within float rounding
+(tests/test_bert.py). Parameter names follow transformers' BertModel, so a fine-tuned encoder's
+checkpoint keeps its keys.
 Other model families (RoBERTa, DistilBERT, ...) are served by transformers
 (`encoders.load_transformer`).
 """
@@ -220,7 +221,8 @@ class Bert(nn.Module):
                 key = key.removeprefix(prefix)
             weights[key] = tensor
         # Built on the CPU and then given the file's tensors (`assign`). A "meta" device would
-        # skip the random initialisation, but its first use imports torch._dynamo (1.5 s).
+        # skip the random initialisation, but its first use imports torch._dynamo, which takes
+        # longer than the initialisation it saves.
         model = cls(config, pooler="pooler.dense.weight" in weights)
         wanted = model.state_dict()
         missing = sorted(set(wanted) - set(weights))
