@@ -44,7 +44,8 @@ from meet_milvus.pool import Pool
 from meet_milvus.reader import TierSync, open_tier
 from meet_milvus.searcher import SearchConfig
 from meet_milvus.server import EmbeddedServer, connect
-from meet_milvus.tier import LocalTier, append_rows, build_ann, mark_deleted, rebuild_ann
+from meet_milvus.tier import LocalTier
+from meet_milvus.tier_write import append_rows, build_ann, mark_deleted, rebuild_ann
 
 K = 10
 KEEP, NPROBE = SearchConfig().ann_keep, SearchConfig().ann_nprobe  # the product's defaults

@@ -41,7 +41,13 @@ from meet_milvus.errors import (
     ParameterError,
     ServerUnavailableError,
 )
-from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_layout import (
+    MODALITIES,
+    Gallery,
+    Modality,
+    check_gallery_name,
+    open_gallery,
+)
 from meet_milvus.gallery_log import GalleryState, gallery_state
 from meet_milvus.inputs import check_text, is_file
 from meet_milvus.milvus_arrays import MAX_TOPK
@@ -51,7 +57,8 @@ from meet_milvus.reader import GalleryReader, MilvusReader, MilvusSide, TierSync
 from meet_milvus.rerank import Reranker
 from meet_milvus.results import Hit, StageHit
 from meet_milvus.server import connect, describe
-from meet_milvus.tier import LocalTier, rebuild_ann
+from meet_milvus.tier import LocalTier
+from meet_milvus.tier_write import rebuild_ann
 
 Keep = int | float
 QUERY_CELLS = 1 << 24  # queries x gallery items per cascade call (about 400 MB of candidates)
@@ -227,7 +234,7 @@ class MeetSearcher:
             settings = load_settings(None, **{**settings.model_dump(), "milvus_uri": uri})
         self.settings = settings
         self.config: SearchConfig = (_checked(config) or SearchConfig()).updated(**overrides)
-        check_name(collection)  # before connecting: a bad name starts no server
+        check_gallery_name(collection)  # before connecting: a bad name starts no server
         self.client = connect(settings)
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
         self.model: MeetModel = load_checkpoint(path, settings.device, settings.cache_dir)

@@ -13,11 +13,10 @@ import pytest
 
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.gallery_layout import GalleryMeta
-from meet_milvus.tier import (
-    ANN_REBUILD_GROWTH,
+from meet_milvus.tier import ANN_REBUILD_GROWTH, read_tier
+from meet_milvus.tier_write import (
     append_rows,
     mark_deleted,
-    read_tier,
     rebuild_ann,
     set_generation,
     write_tier,

@@ -173,14 +173,14 @@ def import_(
     column decides where each image goes; without one, its images are cut into train/dev/test
     by --split-ratios (from --seed; an image's captions stay together)."""
     from meet_milvus.errors import MeetError
-    from meet_milvus.inputs import check_name
+    from meet_milvus.inputs import check_data_name
     from meet_milvus.model.features import GridFeatureExtractor
     from meet_milvus_loaders.precomp import available_splits, write_split
     from meet_milvus_loaders.raw import read_karpathy, read_manifest_splits, to_split
 
     s = ctx.settings
     if name is not None:
-        check_name(name, "data set")  # before reading anything
+        check_data_name(name, "data set")  # before reading anything
     splits = tuple(dict.fromkeys(splits))  # a split named twice is written once
     karpathy = source.suffix.lower() == ".json"
     if karpathy:

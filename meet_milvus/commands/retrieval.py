@@ -43,10 +43,10 @@ def load(collection, checkpoint, data, split, drop, neighbours, batch_size, stat
 
 
 def _searcher(collection: str, checkpoint: Path | None, **overrides):
-    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.gallery_layout import check_gallery_name
     from meet_milvus.searcher import MeetSearcher
 
-    check_name(collection)  # before connecting and loading the model
+    check_gallery_name(collection)  # before connecting and loading the model
 
     return MeetSearcher(collection, checkpoint=checkpoint, settings=_settings(), **overrides)
 
