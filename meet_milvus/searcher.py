@@ -298,15 +298,20 @@ class MeetSearcher:
         k: int = 10,
         diagnostics: bool = False,
         config: SearchConfig | None = None,
+        warn: bool = True,
     ) -> list[Hit] | list[list[Hit]]:
         """Images for a text (a list of texts: one list of hits each), with the searcher's
-        config or, for this call only, `config` (e.g. `searcher.config.updated(pq=False)`)."""
+        config or, for this call only, `config` (e.g. `searcher.config.updated(pq=False)`).
+        A query longer than the model reads is truncated with a warning; `warn=False` for a
+        caller that reports `check_texts`' notices itself (warnings are process-wide)."""
         single, texts = _batch(text, str, "query", "a text or a list of texts")
         check_k(k)  # before the (slow) encoding
         _checked(config)
         if not texts:
             return []
-        self._check_texts(texts)
+        for notice in self.check_texts(texts):
+            if warn:
+                warnings.warn(notice, stacklevel=2)
         hits = self._submit(_Call("image", texts, k, diagnostics, config), "text")
         return hits[0] if single else hits
 
@@ -353,21 +358,22 @@ class MeetSearcher:
 
     def encode_texts(self, texts: list[str]) -> Encoded:
         """Query texts through the model; empty ones refused, over-long ones truncated (warned)."""
-        self._check_texts(texts)
+        for notice in self.check_texts(texts):
+            warnings.warn(notice, stacklevel=2)
         with self._model_lock:
             return self.model.encode_texts(texts)
 
-    def _check_texts(self, texts: list[str]) -> None:
-        """Empty texts refused, over-long ones warned about (in the caller's own thread)."""
+    def check_texts(self, texts: list[str]) -> list[str]:
+        """Empty queries refused (ParameterError); one notice per query longer than the model
+        reads (it is truncated)."""
         for i, t in enumerate(texts):
             check_text(t, f"query {i}")
         limit = self.model.max_text_len
-        for i, n in enumerate(self.model.count_tokens(texts)):
-            if n > limit:
-                warnings.warn(
-                    f"query {i}: {n} tokens, the model reads the first {limit} (truncated)",
-                    stacklevel=3,
-                )
+        return [
+            f"query {i}: {n} tokens, the model reads the first {limit} (truncated)"
+            for i, n in enumerate(self.model.count_tokens(texts))
+            if n > limit
+        ]
 
     def encode_images(self, items: list) -> Encoded:
         """Image files or feature arrays through the model (the same kind within a batch)."""

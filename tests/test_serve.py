@@ -116,14 +116,61 @@ def test_gallery_images_are_served_by_id_from_results_only(searcher, split):
             assert "root:" not in response.text and "error" in response.json()
 
 
+@pytest.mark.integration
+def test_concurrent_requests_get_their_sequential_answers(searcher, split, monkeypatch):
+    texts = split.captions[:16]
+    sizes: list[int] = []
+    answer = searcher._answer
+
+    def counted(calls):
+        sizes.append(len(calls))
+        return answer(calls)
+
+    with serving(create_app(searcher, token="Tk_" + "c" * 29)) as url:
+        headers = {"Authorization": "Bearer Tk_" + "c" * 29}
+
+        def ask(text: str) -> dict:
+            r = httpx.post(f"{url}/api/search", json={"text": text, "k": 5}, headers=headers,
+                           timeout=120)  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        alone = [ask(t) for t in texts]
+        monkeypatch.setattr(searcher._calls, "_run", counted)
+        together: list = [None] * len(texts)
+        start = threading.Barrier(8)
+
+        def client(mine: range) -> None:
+            start.wait()
+            for i in mine:
+                together[i] = ask(texts[i])
+
+        threads = [threading.Thread(target=client, args=(range(c, 16, 8),)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        shared = list(sizes)
+        long = ask("a very long caption about a lion " * 30)
+    for a, b in zip(alone, together, strict=True):
+        assert _ids(b["hits"]) == _ids(a["hits"])
+        assert [h["score"] for h in b["hits"]] == pytest.approx([h["score"] for h in a["hits"]],
+                                                                abs=1e-4)  # fmt: skip
+    assert sum(shared) == len(texts) and max(shared) > 1  # requests shared passes
+    assert any("(truncated)" in w for w in long["warnings"]) and long["hits"]
+
+
 class Spy:
     """A MeetSearcher stand-in that delegates, and notes what an image query received."""
 
     def __init__(self, inner):
         self.inner, self.config, self.seen = inner, inner.config, []
 
-    def search(self, text, k=10, diagnostics=False, config=None):
-        return self.inner.search(text, k=k, diagnostics=diagnostics, config=config)
+    def check_texts(self, texts):
+        return self.inner.check_texts(texts)
+
+    def search(self, text, k=10, diagnostics=False, config=None, warn=True):
+        return self.inner.search(text, k=k, diagnostics=diagnostics, config=config, warn=warn)
 
     def search_image(self, path, k=10, diagnostics=False, config=None):
         path = Path(path)
@@ -215,7 +262,10 @@ class Recorder:
     def __init__(self):
         self.seen = []
 
-    def search(self, text, k=10, diagnostics=False, config=None):
+    def check_texts(self, texts):
+        return []
+
+    def search(self, text, k=10, diagnostics=False, config=None, warn=True):
         self.seen.append(config)
         return [Hit(id=1, score=0.5, source="a.png", external_id="a", modality="image", image=1)]
 

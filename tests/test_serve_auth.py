@@ -24,7 +24,10 @@ class FakeSearcher:
     config = SearchConfig()
     gallery = SimpleNamespace(name="fake")
 
-    def search(self, text, k=10, diagnostics=False, config=None):
+    def check_texts(self, texts):
+        return []
+
+    def search(self, text, k=10, diagnostics=False, config=None, warn=True):
         return [Hit(id=7, score=0.5, source="s.txt", external_id="e", modality="image", image=7)]
 
 

@@ -1,5 +1,5 @@
 """What `serve` takes and gives on a shared machine: uploads only in the listed formats and under
-a pixel ceiling, decoded (and shrunk) before the search lock; only real images served, whatever a
+a pixel ceiling, decoded (and shrunk) before the search; only real images served, whatever a
 source links to; connections that never finish their headers closed (issue 19)."""
 
 import io
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 
 class FakeSearcher:
     """Answers a text with one image hit (its source settable) and notes what image queries
-    received: the file's size in pixels, and whether the search lock was free meanwhile."""
+    received: the file's size in pixels."""
 
     config = SearchConfig()
     gallery = SimpleNamespace(name="fake")
@@ -30,7 +30,10 @@ class FakeSearcher:
     def __init__(self, source: str = "s.png") -> None:
         self.source, self.seen = source, []
 
-    def search(self, text, k=10, diagnostics=False, config=None):
+    def check_texts(self, texts):
+        return []
+
+    def search(self, text, k=10, diagnostics=False, config=None, warn=True):
         return [Hit(id=7, score=0.5, source=self.source, external_id="e", modality="image",
                     image=7)]  # fmt: skip
 
@@ -71,7 +74,7 @@ def test_only_the_listed_formats_are_opened():
             assert _upload(client, f"x.{fmt.lower()}", _encoded(fmt)).status_code == 200, fmt
 
 
-def test_a_pixel_bomb_is_refused_and_a_large_image_shrunk_before_the_lock():
+def test_a_pixel_bomb_is_refused_and_a_large_image_shrunk_before_the_search():
     searcher = FakeSearcher()
     with TestClient(create_app(searcher)) as client:
         bomb = _png((9000, 9940))  # 89.5 Mpx passed PIL's own ceiling

@@ -135,30 +135,33 @@ Search = Callable[[SearchConfig | None], list[Hit]]
 
 @dataclass
 class Service:
-    """What the handlers share (`app.state.service`): the searcher and the upload limit, the
-    search lock and the image ids results have named."""
+    """What the handlers share (`app.state.service`): the searcher and the upload limit, and
+    the image ids results have named. Requests search concurrently (FastAPI runs the handlers
+    in a thread pool): the searcher batches concurrent calls into shared passes."""
 
     searcher: Any
     max_upload: int
-    # The cascade caches gallery data on first use and the model is not re-entrant: one query
-    # at a time (FastAPI runs the handlers in a thread pool).
-    lock: threading.Lock = field(default_factory=threading.Lock)
     known: "_KnownImages" = field(default_factory=lambda: _KnownImages(KNOWN_IMAGES))
 
     def answer(
-        self, query: str, modality: str, k: int, switches: _Overrides, search: Search
+        self,
+        query: str,
+        modality: str,
+        k: int,
+        switches: _Overrides,
+        search: Search,
+        notices: list[str] | None = None,
     ) -> SearchResponse:
         """`search` run with the request's switches over the searcher's config (the searcher's
-        own is never changed: other requests use it), timed, its hits ranked."""
+        own is never changed: other requests use it), timed, its hits ranked; `notices` (e.g.
+        a truncated query) go back with them."""
         if isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise ParameterError(f"k={k}: must be an integer between 1 and {MAX_K}")
         given = switches.given()
         config = self.searcher.config.updated(**given) if given else None
-        with self.lock, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            start = time.perf_counter()
-            hits = search(config)
-            ms = 1000 * (time.perf_counter() - start)
+        start = time.perf_counter()
+        hits = search(config)
+        ms = 1000 * (time.perf_counter() - start)
         out = []
         for rank, hit in enumerate(hits, 1):
             thumbnail = None
@@ -167,7 +170,7 @@ class Service:
                 thumbnail = f"/api/images/{hit.id}"
             out.append(ResultHit(**hit.model_dump(), rank=rank, thumbnail=thumbnail))
         return SearchResponse(query=query, hits=out, modality=modality, k=k, ms=round(ms, 2),
-                              warnings=[str(w.message) for w in caught])  # fmt: skip
+                              warnings=list(notices or []))  # fmt: skip
 
 
 def _service(request: Request) -> Service:
@@ -199,12 +202,14 @@ def info(service: Served) -> Info:
 
 @router.post("/api/search")
 def search_text(query: TextSearch, service: Served) -> SearchResponse:
+    notices = service.searcher.check_texts([query.text])
+
     def search(config: SearchConfig | None) -> list[Hit]:
         return service.searcher.search(
-            query.text, k=query.k, diagnostics=query.diagnostics, config=config
+            query.text, k=query.k, diagnostics=query.diagnostics, config=config, warn=False
         )
 
-    return service.answer(query.text, "image", query.k, query.switches, search)
+    return service.answer(query.text, "image", query.k, query.switches, search, notices)
 
 
 @router.post(UPLOAD_PATH, responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
@@ -218,7 +223,7 @@ def search_image(
     chosen = _parse_switches(switches)
     data = file.file.read(service.max_upload + 1)
     name = Path(file.filename or "upload").name
-    # Decoded here, before the search lock: one large upload does not hold up the others.
+    # Decoded before the search: a bad upload costs no model pass.
     kind, data = _check_image(data, name, service.max_upload)
     # search_image reads a file: the upload goes to a private (0700) temp dir, removed after.
     with tempfile.TemporaryDirectory(prefix="meet-upload-") as tmp:
