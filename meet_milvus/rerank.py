@@ -83,7 +83,7 @@ class Reranker:
     """Re-orders each query's top z: `weighted`, final = sim + alpha·consistency +
     beta·complementarity; `reference`, by reverse rank alone (alpha, beta unused)."""
 
-    # The defaults (SearchConfig's too): the best of `meet-milvus eval --tune` on the demo dev
+    # The defaults (SearchConfig's too): the best of `meet-milvus eval tune-rerank` on the demo dev
     # gallery with the default checkpoint (rSum 133.2 -> 139.8); consistency (alpha > 0) did not
     # add to it there.
     alpha: float = 0.0

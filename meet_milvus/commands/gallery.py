@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from meet_milvus.commands.options import COLLECTION
 from meet_milvus.context import current_settings as _settings
 
 
@@ -55,7 +56,7 @@ def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_
 
 @click.command("delete")
 @click.argument("ids", nargs=-1)
-@click.option("--collection", required=True, help="gallery name in Milvus")
+@COLLECTION
 @click.option("--missing", is_flag=True, help="delete every image whose file is gone")
 def delete(ids, collection, missing) -> None:
     """Delete items from a gallery by external id (an image with its captions; ID#n: one
