@@ -59,6 +59,10 @@ for command in (*retrieval.COMMANDS, *gallery.COMMANDS):
 cli.add_command(serve.serve)
 
 
+# click >= 8.2 raises this for a group named without a command (8.1 prints the help itself).
+_NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:
@@ -69,6 +73,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except _NO_COMMAND as e:  # a group named without its command: its help, as click shows it
+        e.show()
+        sys.exit(e.exit_code)
     except click.UsageError as e:
         # One line like every other error, not click's usage block.
         where = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
