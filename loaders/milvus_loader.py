@@ -35,6 +35,7 @@ from meet_milvus.pool import POOL_MAX, Pool, neighbour_stats, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect, describe
 from meet_milvus.tier import tier_dir, write_tier
+from meet_milvus.writer import DEFAULT_NEIGHBOURS  # k of the stored reverse-neighbour statistics
 from meet_milvus_loaders.precomp import Split, load_split
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NEIGHBOURS = 32  # k of the stored reverse-neighbour statistics
 MAX_NEIGHBOURS = 4096  # Milvus caps an ARRAY field's max_capacity at 4096
 Stats = Literal["pool", "split"]
 

@@ -109,3 +109,14 @@ def test_a_group_without_its_command_shows_its_help():
         lines = shown.splitlines()
         assert lines[0].startswith("Usage: ") and "Commands:" in lines and "\\n" not in shown
         assert ("  tune-rerank " in shown) == (group == ["eval"])
+
+
+def test_neighbours_help_states_the_writers_default():
+    from meet_milvus.writer import DEFAULT_NEIGHBOURS
+
+    for path, args in ((("load",), []), (("index",), ["photos/"])):
+        command = COMMANDS[path]
+        option = next(o for o in command.params if o.name == "neighbours")
+        parsed = command.make_context(path[0], ["--collection", "g", *args]).params
+        assert parsed["neighbours"] is None  # not given: the writer's default applies
+        assert _help(command, option).endswith(f"[{DEFAULT_NEIGHBOURS}]")

@@ -80,6 +80,18 @@ PQ_MODE = setting_option(
 )  # fmt: skip
 
 
+def neighbours_option(text: str):
+    """--neighbours, the k of a gallery's re-ranking statistics; not given (None): the
+    writer's default."""
+
+    def lazy_help() -> str:
+        from meet_milvus.writer import DEFAULT_NEIGHBOURS
+
+        return f"{text} [{DEFAULT_NEIGHBOURS}]"
+
+    return click.option("--neighbours", type=int, cls=LazyHelpOption, lazy_help=lazy_help)
+
+
 def given(**options: object) -> dict:
     """The options the user set (None: keep the searcher's default)."""
     return {k: v for k, v in options.items() if v is not None}

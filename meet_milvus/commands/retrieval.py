@@ -16,6 +16,7 @@ from meet_milvus.commands.options import (
     RERANK,
     TIER,
     given,
+    neighbours_option,
     open_searcher,
 )
 from meet_milvus.context import current_settings as _settings
@@ -28,7 +29,7 @@ from meet_milvus.errors import ParameterError
 @click.option("--data", help="data set name under the data dir [the collection name]")
 @click.option("--split", default="test", show_default=True, help="split loaded as the gallery")
 @click.option("--drop", is_flag=True, help="drop the gallery's collections and rebuild them")
-@click.option("--neighbours", default=32, show_default=True, help="k of the re-ranking statistics")
+@neighbours_option("k of the re-ranking statistics")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
               help="encoding batch size")  # fmt: skip
 @click.option("--stats", type=click.Choice(["pool", "split"]), default="pool", show_default=True,
@@ -44,8 +45,8 @@ def load(collection, checkpoint, data, split, drop, neighbours, batch_size, stat
 
     report = load_gallery(
         _settings(), collection, checkpoint=checkpoint, data=data, split=split, drop=drop,
-        neighbours=neighbours, batch_size=batch_size, progress=not quiet, echo=click.echo,
-        stats=stats, pool=pool,
+        batch_size=batch_size, progress=not quiet, echo=click.echo, stats=stats, pool=pool,
+        **given(neighbours=neighbours),
     )  # fmt: skip
     for line in report.lines():
         click.echo(line)
