@@ -12,7 +12,7 @@ from meet_milvus.config import Settings
 from meet_milvus.errors import DataSetError, ParameterError
 from meet_milvus.inputs import check_name
 from meet_milvus.model.features import GridFeatureExtractor
-from meet_milvus_loaders.precomp import Split, available_splits, write_split
+from meet_milvus_loaders.precomp import available_splits, write_split
 from meet_milvus_loaders.raw import RawSplit, read_karpathy, read_manifest_splits, to_split
 
 KARPATHY_DEFAULT = ("train", "dev", "test")  # the splits a Karpathy file gives unless named
@@ -24,12 +24,12 @@ class ImportReport:
 
     name: str
     root: Path  # the data set's folder in the data dir
-    splits: list[Split]
+    rows: list[dict]  # per split written: split, images, captions (its features are not kept)
     has_dev: bool  # meet-train needs a dev split (it keeps the epoch best on dev)
 
 
 def read_source(
-    source: Path,
+    source: str | Path,
     name: str | None = None,
     image_root: Path | None = None,
     splits: Sequence[str] = (),
@@ -41,6 +41,7 @@ def read_source(
     """The splits of `source` (a Karpathy .json, else a manifest) named in `splits` (each once;
     none: Karpathy's train/dev/test, a manifest's every split), files checked, nothing
     extracted."""
+    source = Path(source)
     if name is not None:
         check_name(name, "data set")  # before reading anything
     splits = tuple(dict.fromkeys(splits))  # a split named twice is written once
@@ -70,7 +71,7 @@ def read_source(
 
 def import_data_set(
     settings: Settings,
-    source: Path,
+    source: str | Path,
     name: str | None = None,
     *,
     batch_size: int = 32,
@@ -83,14 +84,15 @@ def import_data_set(
     say = log or (lambda _msg: None)
     raws = read_source(source, name=name, **reading)
     if name is None:
-        say(f"data set name '{raws[0].name}' (from {source.name}; --name sets another)")
+        say(f"data set name '{raws[0].name}' (from {Path(source).name}; --name sets another)")
     name = raws[0].name
     extractor = GridFeatureExtractor(device=settings.device, cache_dir=settings.cache_dir)
-    written, root = [], None
-    for raw in raws:
+    rows, root = [], None
+    for raw in raws:  # one split's features in memory at a time
         say(f"{raw.name}/{raw.split}: {raw.n_images} images")
         split = to_split(raw, extractor, batch_size=batch_size, progress=progress)
         root = write_split(settings.data_dir, split)
-        written.append(split)
+        rows.append({"split": split.split, "images": split.n_images,
+                     "captions": split.n_captions})  # fmt: skip
     has_dev = "dev" in available_splits(settings.data_dir, name)
-    return ImportReport(name, root, written, has_dev)
+    return ImportReport(name, root, rows, has_dev)

@@ -184,7 +184,7 @@ def import_(
         batch_size=batch_size, progress=True, log=lambda msg: click.echo(msg, err=True),
     )  # fmt: skip
     click.echo(f"data set '{report.name}' in {report.root}")
-    click.echo(_table([_split_row(s) for s in report.splits], ["split", "images", "captions"]))
+    click.echo(_table(report.rows, ["split", "images", "captions"]))
     if not report.has_dev:
         click.echo(
             f"note: data set '{report.name}' has no dev split; meet-train needs one (it keeps "
