@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,11 @@ from meet_milvus.commands.options import (
 )
 from meet_milvus.context import current_settings
 from meet_milvus.errors import GalleryMismatchError, ParameterError
+
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays fast
+    from meet_milvus.model.meet_model import Encoded
+    from meet_milvus.searcher import MeetSearcher
+    from meet_milvus_loaders.precomp import Split
 
 METHODS = ["dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking",
            "cascade + reference re-ranking"]  # fmt: skip
@@ -51,10 +56,10 @@ def _gallery_options(command):
 class Evaluation:
     """A gallery opened for evaluation, with its split encoded as queries both ways."""
 
-    searcher: Any  # MeetSearcher (imported when a command runs: `--help` stays fast)
-    split: Any  # the data split the gallery holds
+    searcher: MeetSearcher
+    split: Split  # the data split the gallery holds
     source: str  # DATA/SPLIT
-    queries: dict
+    queries: dict[str, Encoded]  # direction (i2t, t2i) -> the split's encoded queries
 
 
 def _open(collection: str, checkpoint: Path | None, split_spec: str | None, *,
@@ -143,7 +148,7 @@ def _plot(path: Path, ev: Evaluation, collection: str, results: list) -> None:
     click.echo(f"(plot: {path})", err=True)
 
 
-def stages_header(searcher, batch_size: int) -> str:
+def stages_header(searcher: MeetSearcher, batch_size: int) -> str:
     """The line above the stage table: the cascade's sizes and re-ranking settings."""
     c = searcher.config
     return (
