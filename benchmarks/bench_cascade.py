@@ -202,7 +202,7 @@ def meet_cascade(client, gallery, tier: LocalTier | None, g: SyntheticGallery, r
     return Cascade(
         [
             HammingFilter(store, keep=r, mode=mode, milvus=MilvusSide(client, gallery, "image")),
-            QuantizedFilter(store, g.codebooks, keep=q),
+            QuantizedFilter(store, g.codebooks, keep=q, mode="adc"),
             ExactRescore(store, keep=K),
         ]
     )

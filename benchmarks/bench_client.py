@@ -37,7 +37,7 @@ from benchmarks.synthetic import SyntheticSpec, generate
 from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.model.meet_model import Encoded
-from meet_milvus.tier import milvus_chunks
+from meet_milvus.reader import milvus_chunks
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:

@@ -42,11 +42,13 @@ from meet_milvus.gallery_rows import Items, Origin, append_items, create_gallery
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.pool import Pool
 from meet_milvus.reader import TierSync, open_tier
+from meet_milvus.searcher import SearchConfig
 from meet_milvus.server import EmbeddedServer, connect
-from meet_milvus.tier import LocalTier, append_rows, build_ann, mark_deleted, rebuild_ann
+from meet_milvus.tier import LocalTier
+from meet_milvus.tier_write import append_rows, build_ann, mark_deleted, rebuild_ann
 
 K = 10
-KEEP, NPROBE = 300, 0.05  # the product's ANN defaults (SearchConfig)
+KEEP, NPROBE = SearchConfig().ann_keep, SearchConfig().ann_nprobe  # the product's defaults
 
 
 def _queries(dense: np.ndarray) -> Encoded:
@@ -92,7 +94,7 @@ class Growing:
     def search(self, tier: LocalTier | None = None) -> dict:
         """p50 ms and recall@10 of the ANN cascade (product defaults) on the live items."""
         tier = tier or self.sync()
-        cascade = Cascade([AnnFilter(tier, keep=KEEP, nprobe=NPROBE), ExactRescore(tier, K)])
+        cascade = Cascade([AnnFilter(tier, keep=KEEP, nprobe=NPROBE), ExactRescore(tier, keep=K)])
         q = self.g.q_dense
         dead = tier.dead()
         live = np.arange(tier.rows) if dead is None else np.flatnonzero(~dead)
@@ -115,7 +117,7 @@ class Growing:
         """The reader's next call returns `item` for its own vector (every list probed)."""
         tier = self.sync()
         probe = np.asarray(self.g.dense[item : item + 1], np.float32)
-        cascade = Cascade([AnnFilter(tier, keep=KEEP, nprobe=1.0), ExactRescore(tier, K)])
+        cascade = Cascade([AnnFilter(tier, keep=KEEP, nprobe=1.0), ExactRescore(tier, keep=K)])
         return item in cascade(_queries(probe)).ids[0]
 
 

@@ -33,11 +33,12 @@ def breakdown(searcher: MeetSearcher, texts: list[str], k: int) -> dict:
         start = time.perf_counter()
         queries = searcher.encode_texts([text])
         parts.setdefault("encode", []).append(time.perf_counter() - start)
-        traces = searcher.cascade("image", k).trace(queries)
+        cascade = searcher.cascade("image", k)
+        traces = cascade.trace(queries)
         for t in traces:
             parts.setdefault(f"stage {t.name}", []).append(t.seconds)
         start = time.perf_counter()
-        searcher._hits(traces[-1].candidates.head(k), "image", None)
+        searcher._hits(traces[-1].candidates.head(k), cascade.stages[0].store, "image", None)
         parts.setdefault("hits", []).append(time.perf_counter() - start)
     return {name: 1e3 * float(np.median(v)) for name, v in parts.items()}
 

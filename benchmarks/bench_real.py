@@ -36,7 +36,7 @@ from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.reader import open_tier
 from meet_milvus.searcher import SearchConfig
-from meet_milvus.tier import ann_nlist
+from meet_milvus.tier_write import ann_nlist
 from meet_milvus_loaders.milvus_loader import encode_split, split_items
 from meet_milvus_loaders.precomp import Split, load_split
 
@@ -97,11 +97,12 @@ def end_to_end(client, settings, name: str, gallery_m: str, q: Encoded, truth: n
     rows = gallery.rows(gallery_m)
     cascades = {
         "MEET: Hamming -> PQ -> exact (defaults)": Cascade([
-            HammingFilter(tier, cfg.keep("hash", gallery_m)),
-            QuantizedFilter(tier, codebooks, cfg.keep("pq", gallery_m)),
-            ExactRescore(tier, K)]),
+            HammingFilter(tier, keep=cfg.hash_keep(gallery_m), mode=cfg.hash_mode),
+            QuantizedFilter(tier, codebooks, keep=cfg.pq_keep(gallery_m), mode=cfg.pq_mode),
+            ExactRescore(tier, keep=K)]),
         "ANN -> exact (defaults)": Cascade([
-            AnnFilter(tier, cfg.ann_keep, cfg.ann_nprobe), ExactRescore(tier, K)]),
+            AnnFilter(tier, keep=cfg.ann_keep, nprobe=cfg.ann_nprobe),
+            ExactRescore(tier, keep=K)]),
     }  # fmt: skip
     out = {}
     for label, cascade in cascades.items():

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meet_milvus.relay import PeerTable, Relay, _Pair
+from meet_milvus.server.relay import PeerTable, Relay, _Pair
 
 MESSAGE = b"x" * 256
 

@@ -33,8 +33,8 @@ def tier_cascade(spec: dict):
     else:
         books = np.load(spec["codebooks"])
         first = [
-            HammingFilter(tier, keep=spec["R"]),
-            QuantizedFilter(tier, codebooks=books, keep=spec["Q"]),
+            HammingFilter(tier, keep=spec["R"], mode="client"),
+            QuantizedFilter(tier, books, keep=spec["Q"], mode="adc"),
         ]
     return Cascade([*first, ExactRescore(tier, keep=spec["k"])])
 

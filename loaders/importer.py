@@ -10,7 +10,7 @@ from pathlib import Path
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import DataSetError, ParameterError
-from meet_milvus.inputs import check_name
+from meet_milvus.inputs import check_data_name
 from meet_milvus.model.features import GridFeatureExtractor
 from meet_milvus_loaders.precomp import available_splits, write_split
 from meet_milvus_loaders.raw import RawSplit, read_karpathy, read_manifest_splits, to_split
@@ -43,7 +43,7 @@ def read_source(
     extracted."""
     source = Path(source)
     if name is not None:
-        check_name(name, "data set")  # before reading anything
+        check_data_name(name, "data set")  # before reading anything
     splits = tuple(dict.fromkeys(splits))  # a split named twice is written once
     if source.suffix.lower() == ".json":
         if image_root is None:

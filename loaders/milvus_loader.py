@@ -25,16 +25,18 @@ from meet_milvus.errors import (
     ParameterError,
     ServerUnavailableError,
 )
+from meet_milvus.files import replacing
 from meet_milvus.gallery_layout import MODALITIES, Modality
 from meet_milvus.gallery_log import gallery_state
 from meet_milvus.gallery_rows import Items, LoadReport, Origin, write_gallery
-from meet_milvus.inputs import check_count, check_name
+from meet_milvus.inputs import check_count, check_data_name
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.pool import POOL_MAX, Pool, neighbour_stats, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect, describe
-from meet_milvus.tier import tier_dir, write_tier
+from meet_milvus.tier import tier_dir
+from meet_milvus.tier_write import write_tier
 from meet_milvus.writer import DEFAULT_NEIGHBOURS  # k of the stored reverse-neighbour statistics
 from meet_milvus_loaders.precomp import Split, load_split
 
@@ -119,8 +121,8 @@ def training_pool(
             )
         spec = f"{name}/train"
     name, _, split = spec.partition("/")
-    check_name(name, "data set")
-    split = check_name(split or "train", "split")
+    check_data_name(name, "data set")
+    split = check_data_name(split or "train", "split")
     try:
         source = load_split(settings.data_dir, name, split)
     except DataSetError as e:
@@ -167,9 +169,8 @@ def encode_split(
                 {f"{m}_dense": e.dense, f"{m}_head": e.head}
                 | {f"{m}_hash": e.hash_codes, f"{m}_pq": e.pq_codes}
             )
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)
+        with replacing(cache) as tmp, tmp.open("wb") as fh:  # a path would get ".npz" appended
+            np.savez(fh, **arrays)
     return images, texts
 
 
@@ -194,11 +195,11 @@ def load(
     set split "name/split"; default the checkpoint's training split), or `split`, the paper's
     protocol (against the split's other modality: a gallery that cannot grow consistently).
     """
-    cols.check_name(collection)
+    cols.check_gallery_name(collection)
     check_neighbours(neighbours)
     if stats not in ("pool", "split"):
         raise ParameterError(f"--stats {stats!r}: use 'pool' or 'split'")
-    data = check_name(data or collection, "data set")  # it names folders under the data dir
+    data = check_data_name(data or collection, "data set")  # it names folders under the data dir
     path = resolve_checkpoint(settings, checkpoint, data)
     source = load_split(settings.data_dir, data, split)
     client = connect(settings)  # before the slow encoding: a dead server fails fast

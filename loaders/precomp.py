@@ -9,14 +9,14 @@ number of captions per image), and `{split}_images.txt` names each image's sourc
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from meet_milvus.errors import DataSetError
-from meet_milvus.inputs import check_name
+from meet_milvus.files import replacing
+from meet_milvus.inputs import check_data_name
 
 FEATURE_DTYPES = (np.float16, np.float32)
 COCO_FOLDS = 5
@@ -34,8 +34,8 @@ class Split:
     image_paths: list[str] | None = None
 
     def __post_init__(self) -> None:
-        check_name(self.name, "data set")
-        check_name(self.split, "split")
+        check_data_name(self.name, "data set")
+        check_data_name(self.split, "split")
         where = f"split {self.name}/{self.split}"
         if self.images.ndim not in (2, 3) or self.images.shape[0] == 0:
             raise DataSetError(
@@ -91,7 +91,7 @@ class Split:
 
 def precomp_dir(data_dir: Path, name: str) -> Path:
     """Where data set `name` lives; a name that would lead elsewhere is refused."""
-    return Path(data_dir) / f"{check_name(name, 'data set')}_precomp"
+    return Path(data_dir) / f"{check_data_name(name, 'data set')}_precomp"
 
 
 def available_splits(data_dir: Path, name: str) -> list[str]:
@@ -109,7 +109,7 @@ def available_splits(data_dir: Path, name: str) -> list[str]:
 def load_split(data_dir: Path, name: str, split: str, mmap: bool = False) -> Split:
     """Read split `split` of data set `name`; `mmap` maps the features instead of reading them."""
     root = precomp_dir(data_dir, name)
-    check_name(split, "split")
+    check_data_name(split, "split")
     if not root.is_dir():
         raise DataSetError(f"data set '{name}': no directory {root}")
     ims_path, caps_path = root / f"{split}_ims.npy", root / f"{split}_caps.txt"
@@ -264,15 +264,12 @@ def _relative_to(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
+# Written whole or not at all: an interrupted run never leaves a truncated split behind.
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    # Write beside, then rename: an interrupted run never leaves a truncated array behind.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
+    with replacing(path) as tmp, tmp.open("wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-    tmp.replace(path)
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -21,15 +21,16 @@ import hashlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from meet_milvus.errors import DataSetError
-from meet_milvus.inputs import check_name, check_text, is_file
+from meet_milvus.errors import DataSetError, ParameterError
+from meet_milvus.files import read_json
+from meet_milvus.inputs import check_data_name, check_text, is_file
 from meet_milvus_loaders.precomp import Split
 
 # Our split names -> Karpathy's. COCO's "restval" images train, as in VSE++/SCAN; "testall" is
@@ -45,7 +46,6 @@ KARPATHY_SPLITS = {
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
 RATIO_SPLITS = ("train", "dev", "test")
 _SPLIT_ALIASES = {"val": "dev", "valid": "dev", "validation": "dev"}
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # becomes part of file names
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class RawSplit:
         if len(self.image_paths) != len(self.captions):
             raise ValueError("one caption list per image")
         # Before any feature is extracted: both become file names under the data dir.
-        check_name(self.name, "data set")
-        check_name(self.split, "split")
+        check_data_name(self.name, "data set")
+        check_data_name(self.split, "split")
 
     @property
     def n_images(self) -> int:
@@ -238,11 +238,10 @@ def _split_name(path: Path, where: str, split: str | None) -> str | None:
     if split is None or not split.strip():
         return None
     split = _SPLIT_ALIASES.get(split.strip().lower(), split.strip())
-    if not _SPLIT_NAME.fullmatch(split):
-        raise DataSetError(
-            f"{path}: {where}: split {split[:40]!r} is not a name (letters, digits, -_)"
-        )
-    return split
+    try:
+        return check_data_name(split, "split")  # it becomes part of file names
+    except ParameterError as e:
+        raise DataSetError(f"{path}: {where}: {e}") from None
 
 
 def _raw_split(
@@ -326,15 +325,20 @@ def _read_text(path: Path) -> str:
         raise DataSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> Any:
+    """files.read_json, its failures worded as a data set's."""
     if not is_file(path):
         raise DataSetError(f"{path}: not found")
     try:
-        return json.loads(_read_text(path))
+        return read_json(path)
+    except UnicodeDecodeError as e:
+        raise DataSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataSetError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
     except RecursionError:
         raise DataSetError(f"{path}: JSON nested too deeply") from None
+    except OSError as e:
+        raise DataSetError(f"{path}: unreadable ({e.strerror})") from None
 
 
 def _caption(text: str, where: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meet_milvus.errors import DataSetError
+from meet_milvus.files import replace_dir
 
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS_SUBDIR = Path("usr/share/tuxpaint/stamps")
@@ -87,8 +88,7 @@ def fetch_package(cache_dir: Path) -> Path:
     if (root / ".complete").is_file():  # another build finished first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
-        shutil.rmtree(root, ignore_errors=True)  # an interrupted unpack
-        tmp.rename(root)
+        replace_dir(tmp, root)  # a folder there is an interrupted unpack
     return root / STAMPS_SUBDIR
 
 

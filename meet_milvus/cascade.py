@@ -22,6 +22,8 @@ passes one on. The modes that let Milvus search go through a `MilvusSide`.
 
 `Cascade(stages)` runs them in order and can return each stage's output with its latency.
 Sizes (`keep`) are a count (int) or a fraction (float in (0, 1]) of what the stage receives.
+The stages hold no defaults for search settings: the caller passes each one (the searcher
+passes `SearchConfig`'s, where every default is defined).
 """
 
 from __future__ import annotations
@@ -42,21 +44,6 @@ from meet_milvus.rerank import Reranker
 from meet_milvus.tier import LocalTier
 
 Keep = int | float
-
-# The stages' defaults; SearchConfig (meet_milvus.searcher) takes its defaults from here.
-# MEET's reference keeps 60% of the images for text queries and 30% of the texts for image
-# queries on 1K/5K galleries; the demo dev split agreed (README).
-HASH_KEEP: dict[str, Keep] = {"image": 0.6, "text": 0.3}  # by the modality searched
-HASH_MODE = "client"
-# PQ keep per direction, chosen with `meet-milvus eval --collection demo_dev --tune-pq`
-# (README): R@1+5+10 is flat within 1 point from 0.3 (image queries) and 0.4 (text queries)
-# up to 1.0, so the smallest such keep. MEET's reference keeps 0.6 for text queries and 0.5
-# for image queries (at_bert/lib/evalution_AHR.py, q_rate).
-PQ_KEEP: dict[str, Keep] = {"image": 0.4, "text": 0.3}  # by the modality searched
-PQ_MODE = "adc"
-ANN_KEEP = 300
-ANN_NPROBE = 0.05
-EXACT_KEEP = 100
 
 
 @dataclass(frozen=True)
@@ -97,18 +84,22 @@ class Stage(Protocol):
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates: ...
 
 
-def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1) -> int:
-    """A stage size as a count: `keep` items, or that fraction of `available`; at least `least`
-    (the k asked for: a filter that keeps fewer would return fewer than k hits)."""
-    if isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0:
+def check_keep(keep: Keep) -> Keep:
+    """`keep` when it is a stage size: a positive count, or a fraction (float) in (0, 1]."""
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not keep > 0:
         raise ParameterError(
             f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]"
         )
+    if isinstance(keep, float) and keep > 1:
+        raise ParameterError(f"stage size {keep}: a fraction must be at most 1 (or give a count)")
+    return keep
+
+
+def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1) -> int:
+    """A stage size as a count: `keep` items, or that fraction of `available`; at least `least`
+    (the k asked for: a filter that keeps fewer would return fewer than k hits)."""
+    check_keep(keep)
     if isinstance(keep, float):
-        if keep > 1:
-            raise ParameterError(
-                f"stage size {keep}: a fraction must be at most 1 (or give a count)"
-            )
         # The decimal the user wrote, times the count, rounded down. MEET's reference floors the
         # float product, which falls one short where it lands just under an integer (0.29 * 100
         # = 28.999999999999996); at its rates (0.3, 0.5, 0.6) the two agree (README).
@@ -153,10 +144,10 @@ class _GalleryStage:
 class HammingFilter(_GalleryStage):
     """Stage 1: the R gallery items nearest in Hamming distance. Scores are negated distances.
 
-    mode `client` (default): an exact scan of every item's codes (H/8 bytes an item), R up to
-    the whole gallery; ties at the cut-off are taken in id order; deleted ids never. mode
-    `milvus`: BIN_IVF_FLAT search; `nprobe` defaults to every list, i.e. exact Hamming ranking
-    as in MEET's reference; R is capped by Milvus's topk (16384).
+    mode `client`: an exact scan of every item's codes (H/8 bytes an item), R up to the whole
+    gallery; ties at the cut-off are taken in id order; deleted ids never. mode `milvus`:
+    BIN_IVF_FLAT search; `nprobe` None probes every list, i.e. exact Hamming ranking as in
+    MEET's reference; R is capped by Milvus's topk (16384).
     """
 
     name = "hash"
@@ -164,9 +155,10 @@ class HammingFilter(_GalleryStage):
     def __init__(
         self,
         store: GalleryReader,
-        keep: Keep = HASH_KEEP["text"],
+        *,
+        keep: Keep,
+        mode: Literal["milvus", "client"],
         nprobe: int | None = None,
-        mode: Literal["milvus", "client"] = HASH_MODE,
         least: int = 1,
         milvus: MilvusSide | None = None,
     ) -> None:
@@ -240,10 +232,10 @@ def hamming_top(
 class QuantizedFilter(_GalleryStage):
     """Stage 2: asymmetric quantized inner product <query head, quantized item>, top Q.
 
-    mode `adc`: look-up tables of the query against MEET's codebooks, summed over the items'
-    PQ codes (M bytes an item, read from the store). mode `milvus`: Milvus IVF_PQ search over
-    the `head` vectors, filtered to the survivors by a literal id list (one request per query),
-    with Milvus's own codebooks.
+    mode `adc`: look-up tables of the query against MEET's codebooks (those of the modality
+    searched), summed over the items' PQ codes (M bytes an item, read from the store). mode
+    `milvus`: Milvus IVF_PQ search over the `head` vectors, filtered to the survivors by a
+    literal id list (one request per query), with Milvus's own codebooks (`codebooks` None).
     """
 
     name = "pq"
@@ -251,9 +243,10 @@ class QuantizedFilter(_GalleryStage):
     def __init__(
         self,
         store: GalleryReader,
-        codebooks: np.ndarray | None = None,
-        keep: Keep = PQ_KEEP["text"],
-        mode: Literal["adc", "milvus"] = PQ_MODE,
+        codebooks: np.ndarray | None,
+        *,
+        keep: Keep,
+        mode: Literal["adc", "milvus"],
         nprobe: int | None = None,
         least: int = 1,
         milvus: MilvusSide | None = None,
@@ -280,7 +273,6 @@ class QuantizedFilter(_GalleryStage):
         if self.mode == "milvus":
             limit = resolve_keep(self.keep, available, least=self.least)
             return self._milvus(head, candidates, limit)
-        # No topk cap client-side.
         limit = resolve_keep(self.keep, available, cap=max(available, 1), least=self.least)
         lut = adc_tables(head, self.codebooks)  # (nq, M, 2**K)
         if candidates is None:
@@ -321,9 +313,7 @@ class AnnFilter(_GalleryStage):
 
     name = "ann"
 
-    def __init__(
-        self, store: LocalTier, keep: int = ANN_KEEP, nprobe: int | float = ANN_NPROBE
-    ) -> None:
+    def __init__(self, store: LocalTier, *, keep: int, nprobe: int | float) -> None:
         if not hasattr(store, "ann_search"):
             raise ParameterError("AnnFilter reads the gallery's local tier (tier='local')")
         super().__init__(store)
@@ -351,10 +341,10 @@ class ExactRescore(_GalleryStage):
     a batch) and scored in one matmul. mode `search`: a Milvus search of the dense collection
     filtered to each query's survivors (`id in [...]`, one request per query): only the top k
     travel back. `auto`: `read` from the local tier; from Milvus, `read` when a batch's
-    survivors overlap (a small gallery), else `search`, by the measured costs: fetching a
-    1024-d vector through a Milvus query costs about as much as filtering and scoring
-    FETCH_COST ids in a search (1M items: 73 vs 8.6 ms for 1024 survivors). As a first stage it
-    is exact brute-force search in Milvus (FLAT index, inner product).
+    survivors overlap (a small gallery), else `search`: fetching a dense vector through a
+    Milvus query costs about as much as filtering and scoring FETCH_COST ids in a search
+    (benchmarks/bench_client.py times both). As a first stage it is exact brute-force search in
+    Milvus (FLAT index, inner product).
     """
 
     name = "dense"
@@ -363,7 +353,8 @@ class ExactRescore(_GalleryStage):
     def __init__(
         self,
         store: GalleryReader,
-        keep: Keep = EXACT_KEEP,
+        *,
+        keep: Keep,
         mode: Literal["auto", "read", "search"] = "auto",
         milvus: MilvusSide | None = None,
     ) -> None:
@@ -424,9 +415,9 @@ class Rerank(_GalleryStage):
 
     name = "rerank"
 
-    def __init__(self, store: GalleryReader, reranker: Reranker | None = None) -> None:
+    def __init__(self, store: GalleryReader, reranker: Reranker) -> None:
         super().__init__(store)
-        self.reranker = reranker or Reranker()
+        self.reranker = reranker
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         if candidates is None:

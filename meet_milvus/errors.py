@@ -3,7 +3,7 @@
 Every error the project raises for bad input or a bad environment is a `MeetError`; the
 subclasses let a caller catch one kind (the CLI prints any of them as one line, exit 2):
 
-    ParameterError         a parameter or setting out of range / of the wrong kind
+    ParameterError         a parameter or setting out of range / of the wrong kind (a ValueError)
     GalleryNotFoundError   no gallery (collection set) of that name in Milvus
     GalleryMismatchError   the gallery was built by another model, or its layout differs
     ServerUnavailableError Milvus cannot be reached, started or authenticated against
@@ -17,8 +17,9 @@ class MeetError(Exception):
     """An error caused by input or environment, shown to the user as one line (no traceback)."""
 
 
-class ParameterError(MeetError):
-    """A parameter or setting has a value the operation cannot use."""
+class ParameterError(MeetError, ValueError):
+    """A parameter or setting has a value the operation cannot use (also a ValueError, so code
+    that validates values the Python way catches it too)."""
 
 
 class GalleryError(MeetError):

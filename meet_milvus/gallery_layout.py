@@ -63,7 +63,10 @@ MODALITIES: tuple[Modality, Modality] = ("image", "text")
 FORMAT_VERSION = 2  # 2: the `digest` field (galleries of format 1 are read, not changed)
 SOURCE_MAX = 4096  # bytes of `source` / `external_id` kept (VARCHAR max_length)
 DIGEST_MAX = 64
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
+# A gallery's collections are named `{gallery}_{suffix}`, and Milvus takes collection names of
+# letters, digits and '_' (the first not a digit) up to 255 characters.
+NAME_MAX = 255 - len("_image_dense")  # the longest suffix (test_gallery_layout.py checks)
+_NAME = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{NAME_MAX - 1}}}")
 
 # field -> stage collection suffix in the split layout
 _SPLIT = {
@@ -101,15 +104,15 @@ class GalleryMeta(BaseModel):
     checkpoint: str = ""  # where the model was when loaded (a default for the searcher)
 
 
-def check_name(name: str) -> str:
+def check_gallery_name(name: str) -> str:
     """A gallery name Milvus accepts as a collection-name prefix."""
     if not isinstance(name, str):
         raise ParameterError(f"collection name: expected text, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
         shown = name if len(name) <= 60 else name[:60] + "..."
         raise ParameterError(
-            f"collection name {shown!r}: use letters, digits and underscores (at most 201), "
-            "starting with a letter or an underscore"
+            f"collection name {shown!r}: use letters, digits and underscores (at most "
+            f"{NAME_MAX}), starting with a letter or an underscore"
         )
     return name
 
@@ -219,7 +222,8 @@ def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
 def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
     """Create the missing collections of one modality with their indexes; all its names.
 
-    Collections are not loaded here: `load_all` loads many at once (each load waits ~2 s).
+    Collections are not loaded here: `load_all` loads many at once (each load is a wait on the
+    server).
     """
     layout = Layout(meta.layout)
     names = layout.collections(meta.gallery, meta.modality)
@@ -343,7 +347,7 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
     With `fingerprint`, a gallery built by another model is refused (its codes mean nothing
     to this model's queries).
     """
-    check_name(gallery)
+    check_gallery_name(gallery)
     layout = find_layout(client, gallery)
     if layout is None:
         known = ", ".join(list_galleries(client)) or "none"

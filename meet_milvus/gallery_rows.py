@@ -157,7 +157,7 @@ def write_gallery(
     Refuses to add to a gallery built from another model or source, or changed by `index`
     or `delete` since its load (`drop` rebuilds it).
     """
-    cols.check_name(gallery)
+    cols.check_gallery_name(gallery)
     start = time.perf_counter()
     if drop:
         for name in cols.drop(client, gallery):
@@ -410,7 +410,7 @@ def create_gallery(
     pool: Pool | None,
 ) -> Gallery:
     """An empty gallery (both modalities, its log and pool), for `meet-milvus index`."""
-    cols.check_name(gallery)
+    cols.check_gallery_name(gallery)
     version = server_version(client)
     layout = Layout.for_version(version)
     empty = Items(Encoded(np.zeros((0, embed_dim), np.float32), np.zeros((0, origin.H)),

@@ -1,6 +1,6 @@
 """Checks of what users hand in (texts, names, counts): one home, one-line MeetErrors.
 
-Each check returns the value it accepted, so a caller can write `name = check_name(name, ...)`.
+Each check returns the value it accepted, so a caller can write `name = check_data_name(name, ...)`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def check_text(value: Any, what: str) -> str:
     return value
 
 
-def check_name(value: Any, what: str) -> str:
+def check_data_name(value: Any, what: str) -> str:
     """A data set or split name: letters, digits, '_', '-', '.', not starting with '.' or '-'
     (it becomes a file name under the data dir, so '/' and '..' cannot appear)."""
     if not isinstance(value, str):

@@ -25,14 +25,15 @@ DIRECTIONS = {"i2t": "text", "t2i": "image"}  # direction -> gallery modality se
 # The single-stage methods measure MEET's own codes (or none), whatever the first filter is.
 METHODS: dict[str, dict] = {
     "dense exact": dict(filter="meet", hash=False, pq=False, exact=True, rerank=False),
-    "hash only": dict(filter="meet", hash=True, pq=False, exact=False, rerank=False),
-    "PQ only": dict(filter="meet", hash=False, pq=True, exact=False, rerank=False),
+    "hash only": dict(filter="meet", hash=True, pq=False, exact=False, rerank=False,
+                      hash_keep_images=DEPTH, hash_keep_texts=DEPTH),
+    "PQ only": dict(filter="meet", hash=False, pq=True, exact=False, rerank=False,
+                    pq_keep_images=DEPTH, pq_keep_texts=DEPTH),
     "cascade": dict(rerank=False),
     "cascade + re-ranking": dict(rerank="weighted"),
     "cascade + reference re-ranking": dict(rerank="reference"),
-}
+}  # fmt: skip
 RERANK_METHODS = {"weighted": "cascade + re-ranking", "reference": "cascade + reference re-ranking"}
-_SINGLE_STAGE = {"hash only": "hash", "PQ only": "pq"}
 
 
 @dataclass
@@ -70,11 +71,7 @@ def run_method(
     """One method over every query of both directions, on the searcher's config (or
     `config`) with the method's switches."""
     check_count(batch, "batch")
-    overrides = dict(METHODS[name], exact_keep=DEPTH)
-    if name in _SINGLE_STAGE:
-        stage = _SINGLE_STAGE[name]
-        overrides |= {f"{stage}_keep_images": DEPTH, f"{stage}_keep_texts": DEPTH}
-    config = (config or searcher.config).model_copy(update=overrides)
+    config = (config or searcher.config).updated(**METHODS[name], exact_keep=DEPTH)
     truth = truth_masks(split)
     rankings, scores, stats = {}, {}, {}
     for direction, gallery in DIRECTIONS.items():
@@ -152,12 +149,12 @@ def tune_rerank(
     once; the re-ranker's inputs are fetched once for the deepest z."""
     check_count(batch, "batch")
     temperature = temperature or searcher.config.temperature
-    config = searcher.config.model_copy(update=dict(rerank=False, exact_keep=DEPTH))
+    config = searcher.config.updated(rerank=False, exact_keep=DEPTH)
     prepared = {}
     for direction, gallery in DIRECTIONS.items():
         encoded = queries[direction]
         cascade = searcher.cascade(gallery, k=DEPTH, config=config)
-        stage = Rerank(searcher.store(gallery))
+        stage = Rerank(searcher.store(gallery), config.reranker(gallery))  # for its inputs
         parts = []
         for lo in range(0, len(encoded), batch):
             q = encoded[lo : lo + batch]
@@ -166,7 +163,7 @@ def tune_rerank(
         prepared[direction] = [np.concatenate(p) for p in zip(*parts, strict=True)]
     results = []
     for alpha, beta, z in itertools.product(alphas, betas, zs):
-        reranker = Reranker(alpha, beta, z, temperature)
+        reranker = Reranker(alpha=alpha, beta=beta, z=z, temperature=temperature, mode="weighted")
         ranked = {}
         for direction, (ids, scores, vectors, neighbours) in prepared.items():
             out, out_scores = reranker.rerank(ids, scores, vectors, neighbours)
@@ -211,7 +208,7 @@ def tune_pq_keep(
     survivors (the other stages as configured); both directions run with the same keep."""
     out = []
     for keep in keeps:
-        config = searcher.config.model_copy(update=dict(pq_keep_images=keep, pq_keep_texts=keep))
+        config = searcher.config.updated(pq_keep_images=keep, pq_keep_texts=keep)
         for name in methods:
             result = run_method(searcher, name, split, queries, batch, config)
             for direction in DIRECTIONS:
@@ -248,9 +245,7 @@ def pq_agreement(
         expected = np.argsort(-reference, axis=1, kind="stable")[:, :depth]
         for mode in ("adc", "milvus"):
             update = dict(hash=False, pq=True, exact=False, rerank=False, pq_mode=mode)
-            config = base.model_copy(
-                update=update | {"pq_keep_images": depth, "pq_keep_texts": depth}
-            )
+            config = base.updated(**update, pq_keep_images=depth, pq_keep_texts=depth)
             cascade = searcher.cascade(gallery, k=depth, config=config)
             found, start = [], time.perf_counter()
             for lo in range(0, len(encoded), batch):

@@ -37,18 +37,13 @@ from meet_milvus.gallery_log import (
     newer,
     read_changes,
 )
-from meet_milvus.tier import (
-    TIER_FIELDS,
-    Chunk,
-    LocalTier,
+from meet_milvus.tier import TIER_FIELDS, Chunk, LocalTier, fresh_info, read_info, tier_dir
+from meet_milvus.tier_write import (
     append_rows,
-    fresh_info,
     locked,
     mark_deleted,
-    read_info,
     rebuild_ann,
     set_generation,
-    tier_dir,
     write_tier,
 )
 

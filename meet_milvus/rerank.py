@@ -14,10 +14,10 @@ For a query q and its top-z candidates j (similarities s_j, embeddings v_j):
 
 Two modes:
 
-* `weighted` (the default): final_j = s_j + alpha * consistency_j + beta * complementarity_j;
+* `weighted`: final_j = s_j + alpha * consistency_j + beta * complementarity_j;
   the top z are re-ordered by it, candidates past z keep their order (and score s_j) behind them.
 * `reference`: MEET's reference rule (`i2t_rerank` in at_bert/lib/evalution_AHR.py, applied
-  in both directions): the top K1 (15 for image queries, 12 for text queries; z carries it) are
+  in both directions): the top K1 (`SearchConfig.reference_k_*`; z carries it) are
   sorted by reverse rank alone, ties kept in similarity order, and keep their similarities as
   scores. The reference counts the queries of its evaluation set that the item survived the
   filters for; a live query has no such set, so the stored neighbours stand in for it (the same
@@ -35,8 +35,9 @@ from meet_milvus.errors import ParameterError
 
 # Similarities within float error are a tie, not a rank: the stored neighbour similarities come
 # from a matrix product, the query's from an einsum, and for an item queried again the two differ
-# by up to 4.8e-7 (benchmarks/tie_error.py). Any wider and near-ties that MEET's reference ranks
-# by plain sort position would be counted as ties (tests/test_reference_agreement.py).
+# by float32 rounding (`python -m benchmarks.tie_error`; TIE is a round figure just above it).
+# Any wider and near-ties that MEET's reference ranks by plain sort position would be counted as
+# ties (tests/test_reference_agreement.py).
 TIE = 1e-6
 
 
@@ -78,19 +79,22 @@ def consistency(
     return np.where(valid & (norms > 1e-6), agree, 0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Reranker:
     """Re-orders each query's top z: `weighted`, final = sim + alpha·consistency +
-    beta·complementarity; `reference`, by reverse rank alone (alpha, beta unused)."""
+    beta·complementarity; `reference`, by reverse rank alone (`Reranker.reference(k1)`).
+    No defaults here: `SearchConfig` holds them."""
 
-    # The defaults (SearchConfig's too): the best of `meet-milvus eval tune-rerank` on the demo dev
-    # gallery with the default checkpoint (rSum 133.2 -> 139.8); consistency (alpha > 0) did not
-    # add to it there.
-    alpha: float = 0.0
-    beta: float = 0.4
-    z: int = 30
-    temperature: float = 0.05
-    mode: Literal["weighted", "reference"] = "weighted"
+    alpha: float
+    beta: float
+    z: int
+    temperature: float
+    mode: Literal["weighted", "reference"]
+
+    @classmethod
+    def reference(cls, k1: int) -> Reranker:
+        """MEET's reference rule over the top `k1` (alpha, beta and temperature unused)."""
+        return cls(alpha=0.0, beta=0.0, z=k1, temperature=1.0, mode="reference")
 
     def __post_init__(self) -> None:
         if self.mode not in ("weighted", "reference"):

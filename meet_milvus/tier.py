@@ -17,8 +17,8 @@ plus a **tombstone** file of the deleted ids, and `tier.json`, the manifest nami
 gallery generation they reflect. Every file is written under a temporary name and renamed;
 `tier.json` last, so a reader sees the old tier or the new one, never a half-written segment.
 A reader notices a new manifest by a stat of `tier.json` (`refresh`) and reads only what is new.
-Writers take a lock file beside the tier (`.MODALITY.lock`), so two processes never append the
-same segment.
+Writers (meet_milvus.tier_write) take a lock file beside the tier (`.MODALITY.lock`), so two
+processes never append the same segment.
 
 The ANN index is built over the rows of its time (`ann-G.faiss`); later rows are added to each
 reader's copy in RAM (faiss `add_with_ids`) and deleted ones removed (`remove_ids`), and a new
@@ -28,15 +28,9 @@ ANN_REBUILD_GROWTH since it was built.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
 import os
-import shutil
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,33 +40,24 @@ import numpy as np
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import GalleryMismatchError
+from meet_milvus.files import read_json
 from meet_milvus.gallery_layout import GalleryMeta, Modality
 
 TIER_FORMAT = 2
-ANN_PCA_DIM = 256  # dims kept before RaBitQ: 32 B of sign bits an item
-ANN_TRAIN_MAX = 200_000  # items that train the PCA and the IVF centroids
 # The ANN index is trained again once the gallery has grown by this fraction of the rows it
-# was trained on: new rows only join its lists until then. Measured on a synthetic 100k gallery
-# (benchmarks/bench_incremental.py, README "Your photo collection"): recall@10 of the kept
-# index trails a freshly trained one by 0.002 at +32% and by 0.010 at +55%.
+# was trained on: new rows only join its lists until then, and the recall of the kept index
+# falls behind a fresh one's as the gallery grows (README "Your photo collection").
 ANN_REBUILD_GROWTH = 0.5
 READ_THREADS = 8  # concurrent preads of one batch of rows (a cold disk serves them in parallel)
 PARALLEL_READS = 64  # fewer rows than this are read in the calling thread
 READ_POOL = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="meet-tier-read")
-OLD_FILES_S = 300  # unreferenced files older than this are removed (a reader may still open one)
 
 Chunk = dict[str, Any]  # field -> values of consecutive rows (arrays; lists of strings)
 TEXT_FIELDS = ("source", "external_id", "digest")
 TIER_FIELDS = ("hash", "codes", "dense", "neighbours", "image", *TEXT_FIELDS)
-_FILES = {"hash": "hash.u8", "codes": "codes.u8", "dense": "dense.f32",
-          "neighbours": "neighbours.f32", "image": "image.i64"}  # fmt: skip
-_DTYPES = {"hash": np.uint8, "codes": np.uint8, "image": np.int64}
-
-
-def ann_nlist(rows: int) -> int:
-    """IVF lists of the ANN index: about 4·sqrt(n), so a list holds a few hundred items; at
-    most rows / 39 so that k-means has enough points per centroid."""
-    return int(max(1, min(round(4 * np.sqrt(rows)), rows // 39, 65536)))
+FILES = {"hash": "hash.u8", "codes": "codes.u8", "dense": "dense.f32",
+         "neighbours": "neighbours.f32", "image": "image.i64"}  # fmt: skip
+DTYPES = {"hash": np.uint8, "codes": np.uint8, "image": np.int64}
 
 
 def tier_dir(settings: Settings, gallery: str, modality: Modality) -> Path:
@@ -85,7 +70,8 @@ def tier_dir(settings: Settings, gallery: str, modality: Modality) -> Path:
     return settings.data_dir / "tiers" / server / gallery / modality
 
 
-def _widths(meta: GalleryMeta) -> dict[str, int]:
+def field_widths(meta: GalleryMeta) -> dict[str, int]:
+    """Values per row of each fixed-width field."""
     return {"hash": meta.H // 8, "codes": meta.M, "dense": meta.embed_dim,
             "neighbours": meta.neighbours, "image": 1}  # fmt: skip
 
@@ -197,13 +183,13 @@ class LocalTier:
         return self._dead
 
     def _read_range(self, field: str, lo: int, hi: int) -> np.ndarray:
-        width = _widths(self.meta)[field]
+        width = field_widths(self.meta)[field]
         parts = [np.zeros((0, width), np.uint8)]
         for seg in self._segments:
             if seg.hi <= lo or seg.lo >= hi:
                 continue
             a, b = max(lo, seg.lo) - seg.lo, min(hi, seg.hi) - seg.lo
-            raw = np.fromfile(seg.path / _FILES[field], np.uint8, (b - a) * width, offset=a * width)
+            raw = np.fromfile(seg.path / FILES[field], np.uint8, (b - a) * width, offset=a * width)
             parts.append(raw.reshape(-1, width))
         out = np.concatenate(parts)
         if len(out) != hi - lo:
@@ -302,7 +288,7 @@ class LocalTier:
         view = memoryview(out.reshape(-1).view(np.uint8))
         segs = self._segment_of(ids)
         jobs = [
-            (view[r * size : (r + 1) * size], self._segments[s].fd(_FILES[field]),
+            (view[r * size : (r + 1) * size], self._segments[s].fd(FILES[field]),
              int(i - self._segments[s].lo) * size)
             for r, (i, s) in enumerate(zip(ids, segs, strict=True))
         ]  # fmt: skip
@@ -326,13 +312,13 @@ class LocalTier:
             a, b = max(lo, seg.lo), min(hi, seg.hi)
             if a < b:
                 shape = (seg.hi - seg.lo, self.meta.embed_dim)
-                mm = np.memmap(seg.path / _FILES["dense"], np.float32, mode="r", shape=shape)
+                mm = np.memmap(seg.path / FILES["dense"], np.float32, mode="r", shape=shape)
                 yield a, mm[a - seg.lo : b - seg.lo]
 
     def drop_page_cache(self) -> None:
         """Ask the OS to evict this tier's on-disk files from the page cache (cold reads)."""
         for seg in self._segments:
-            for name in (_FILES["dense"], _FILES["neighbours"], _FILES["image"], "source.txt",
+            for name in (FILES["dense"], FILES["neighbours"], FILES["image"], "source.txt",
                          "source.off"):  # fmt: skip
                 os.posix_fadvise(seg.fd(name), 0, 0, os.POSIX_FADV_DONTNEED)
 
@@ -365,8 +351,8 @@ def _stamp(path: Path) -> tuple:
 
 def read_info(path: Path) -> dict:
     try:
-        info = json.loads((Path(path) / "tier.json").read_text())
-    except (OSError, ValueError):
+        info = read_json(Path(path) / "tier.json")
+    except (OSError, ValueError, RecursionError):
         raise GalleryMismatchError(
             f"gallery tier {path}: missing or unreadable tier.json"
         ) from None
@@ -388,232 +374,3 @@ def fresh_info(path: Path, meta: GalleryMeta) -> dict | None:
     except GalleryMismatchError:
         return None
     return info if info.get("gallery") == meta.model_dump() else None
-
-
-# -- writing -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """The tier's writer lock (a file beside it): one writer at a time, across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _write_json(path: Path, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, path)
-
-
-def write_tier(
-    path: Path,
-    meta: GalleryMeta,
-    chunks: Iterable[Chunk],
-    echo: Callable[[str], None] | None,
-    generation: int = 0,
-    deleted: np.ndarray | None = None,
-    rows: int | None = None,
-) -> dict:
-    """A new tier at `path` from a gallery modality's rows 0.. in id order (one segment; ids
-    in `deleted` are tombstones), and its ANN index; written beside `path` and renamed into
-    place. `rows`: how many the chunks must hold (the gallery's count). Returns the manifest."""
-    expected = rows
-    start = time.perf_counter()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=0o700)
-    try:
-        rows = _write_segment(tmp / _segment_name(0), meta, chunks)
-        if expected is not None and rows != expected:
-            raise GalleryMismatchError(
-                f"gallery '{meta.gallery}' {meta.modality}s: {rows} rows written to its local "
-                f"tier, the gallery records {expected}; reload it"
-            )
-        segments = [{"name": _segment_name(0), "lo": 0, "hi": rows}]
-        if not rows:  # an empty gallery: no segment (the first add writes one from id 0)
-            shutil.rmtree(tmp / _segment_name(0))
-            segments = []
-        info = {"format": TIER_FORMAT, "gallery": meta.model_dump(), "build": uuid.uuid4().hex,
-                "generation": generation, "rows": rows, "deleted": None, "ann": None,
-                "segments": segments}  # fmt: skip
-        if deleted is not None and len(deleted):
-            info["deleted"] = _write_deleted(tmp, np.asarray(deleted, np.int64), generation)
-        info["ann"] = build_ann(LocalTier(tmp, meta, info), generation)
-        info["build_s"] = round(time.perf_counter() - start, 2)
-        _write_json(tmp / "tier.json", info)
-        with locked(path):
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if echo:
-        echo(f"local tier of '{meta.gallery}' {meta.modality}s: {rows} rows, {info['build_s']} s")
-    return info
-
-
-def _segment_name(lo: int) -> str:
-    return f"seg-{lo:012d}"
-
-
-def _write_segment(out: Path, meta: GalleryMeta, chunks: Iterable[Chunk]) -> int:
-    """A segment folder from chunks of consecutive rows; the rows written."""
-    out.mkdir(mode=0o700)
-    widths = _widths(meta)
-    offsets = {f: [0] for f in TEXT_FIELDS}
-    rows = 0
-    files = {f: open(out / name, "wb") for f, name in _FILES.items()}
-    texts = {f: open(out / f"{f}.txt", "wb") for f in TEXT_FIELDS}
-    try:
-        for chunk in chunks:
-            n = len(chunk["image"])
-            for field, fh in files.items():
-                array = np.ascontiguousarray(chunk[field], dtype=_DTYPES.get(field, np.float32))
-                if array.size != n * widths[field]:
-                    raise GalleryMismatchError(
-                        f"gallery '{meta.gallery}' {meta.modality}s: {field} of width "
-                        f"{array.size // max(n, 1)}, the gallery records {widths[field]}"
-                    )
-                array.tofile(fh)
-            for field, fh in texts.items():
-                for text in chunk.get(field) or [""] * n:
-                    raw = text.encode("utf-8")
-                    fh.write(raw)
-                    offsets[field].append(offsets[field][-1] + len(raw))
-            rows += n
-    finally:
-        for fh in (*files.values(), *texts.values()):
-            fh.close()
-    for field, offs in offsets.items():
-        np.asarray(offs, dtype=np.int64).tofile(out / f"{field}.off")
-    return rows
-
-
-def _write_deleted(path: Path, ids: np.ndarray, generation: int) -> dict:
-    name = f"deleted-{generation:012d}.i64"
-    tmp = path / f".{name}.tmp"
-    np.unique(ids).astype(np.int64).tofile(tmp)
-    os.replace(tmp, path / name)
-    return {"file": name, "count": int(len(np.unique(ids)))}
-
-
-def append_rows(path: Path, lo: int, chunks: Iterable[Chunk], generation: int) -> int:
-    """A new segment of rows lo.. to an existing tier, and its generation; the rows written.
-    A segment already there (another process caught up first) is kept as it is."""
-    with locked(path):
-        info = read_info(path)
-        meta = GalleryMeta.model_validate(info["gallery"])
-        if lo < info["rows"]:
-            return 0
-        if lo != info["rows"]:
-            raise GalleryMismatchError(
-                f"gallery tier {path}: rows {info['rows']}..{lo - 1} missing before a new segment"
-            )
-        name = _segment_name(lo)
-        tmp = path / f".{name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        rows = _write_segment(tmp, meta, chunks)
-        if not rows:
-            shutil.rmtree(tmp)
-            return 0
-        shutil.rmtree(path / name, ignore_errors=True)  # left by a writer killed mid-rename
-        tmp.rename(path / name)
-        info["segments"].append({"name": name, "lo": lo, "hi": lo + rows})
-        info["rows"] = lo + rows
-        info["generation"] = max(info["generation"], generation)
-        _write_json(path / "tier.json", info)
-    return rows
-
-
-def mark_deleted(path: Path, ids: np.ndarray, generation: int) -> None:
-    """Tombstones for `ids` (added to those already there) at `generation`."""
-    with locked(path):
-        info = read_info(path)
-        old = info.get("deleted")
-        before = np.fromfile(path / old["file"], np.int64) if old else np.zeros(0, np.int64)
-        ids = np.concatenate([before, np.asarray(ids, np.int64)])
-        if len(ids):
-            info["deleted"] = _write_deleted(path, ids, generation)
-        info["generation"] = max(info["generation"], generation)
-        _write_json(path / "tier.json", info)
-        _remove_old_files(path, info)
-
-
-def set_generation(path: Path, generation: int) -> None:
-    """Record that the tier reflects the gallery up to `generation` (a change that did not
-    touch this modality)."""
-    with locked(path):
-        info = read_info(path)
-        if generation > info["generation"]:
-            info["generation"] = generation
-            _write_json(path / "tier.json", info)
-
-
-def build_ann(tier: LocalTier, generation: int, seed: int = 0) -> dict | None:
-    """Train and fill the ANN index (PCA -> IVF -> RaBitQ codes) from the tier's live rows;
-    its manifest entry (None for an empty tier)."""
-    rows, dim = tier.rows, tier.meta.embed_dim
-    dead = tier.dead()
-    live = np.flatnonzero(~dead) if dead is not None else np.arange(rows)
-    if not len(live):
-        return None
-    # PCA only where it shrinks the codes and has the rows to fit it.
-    pca = ANN_PCA_DIM if dim > ANN_PCA_DIM and len(live) >= 2 * dim else 0
-    nlist = ann_nlist(len(live))
-    rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(live, min(len(live), ANN_TRAIN_MAX), replace=False))
-    sample = tier.dense(take)
-    # L2 on unit vectors ranks as inner product does, and k-means under L2 gives balanced lists
-    # (IVF under inner product favours long centroids).
-    factory = f"{f'PCAR{pca},' if pca else ''}IVF{nlist},RaBitQ"
-    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
-    faiss.extract_index_ivf(index).cp.seed = seed
-    index.train(sample)
-    for lo, vectors in tier.dense_range(0, rows):
-        for a in range(0, len(vectors), 65536):
-            ids = np.arange(lo + a, lo + min(a + 65536, len(vectors)), dtype=np.int64)
-            keep = ids if dead is None else ids[~dead[ids]]
-            if len(keep):
-                index.add_with_ids(np.ascontiguousarray(vectors[keep - lo]), keep)
-    name = f"ann-{generation:012d}-{uuid.uuid4().hex[:8]}.faiss"
-    faiss.write_index(index, str(tier.path / f".{name}.tmp"))
-    os.replace(tier.path / f".{name}.tmp", tier.path / name)
-    return {"file": name, "covers": rows, "trained_rows": int(len(live)), "pca": pca,
-            "nlist": nlist, "code": "RaBitQ", "trained_on": int(len(take))}  # fmt: skip
-
-
-def rebuild_ann(path: Path) -> dict | None:
-    """Train the ANN index again over the tier's rows of now and swap it in (readers take it
-    up on their next refresh; rows added meanwhile they add themselves)."""
-    tier = read_tier(path)
-    entry = build_ann(tier, tier.generation)
-    with locked(path):
-        info = read_info(path)
-        if info.get("build") != tier.info.get("build"):  # rebuilt whole meanwhile
-            with contextlib.suppress(OSError):
-                (path / entry["file"]).unlink()
-            return None
-        info["ann"] = entry
-        _write_json(path / "tier.json", info)
-        _remove_old_files(path, info)
-    tier.close()
-    return entry
-
-
-def _remove_old_files(path: Path, info: dict) -> None:
-    """ANN and tombstone files the manifest no longer names, once no reader can be opening
-    them any more (OLD_FILES_S after they were replaced)."""
-    keep = {(info.get("ann") or {}).get("file"), (info.get("deleted") or {}).get("file")}
-    now = time.time()
-    for f in [*path.glob("ann-*.faiss"), *path.glob("deleted-*.i64")]:
-        with contextlib.suppress(OSError):
-            if f.name not in keep and now - f.stat().st_mtime > OLD_FILES_S:
-                f.unlink()
-

@@ -32,7 +32,13 @@ import numpy as np
 
 from meet_milvus.config import Settings, load_settings
 from meet_milvus.errors import GalleryMismatchError, GalleryNotFoundError, ParameterError
-from meet_milvus.gallery_layout import MODALITIES, Gallery, Modality, check_name, open_gallery
+from meet_milvus.gallery_layout import (
+    MODALITIES,
+    Gallery,
+    Modality,
+    check_gallery_name,
+    open_gallery,
+)
 from meet_milvus.gallery_log import GalleryState, gallery_state
 from meet_milvus.gallery_rows import (
     Items,
@@ -49,7 +55,8 @@ from meet_milvus.model.meet_model import Encoded, MeetModel
 from meet_milvus.pool import Pool, read_pool
 from meet_milvus.reader import open_tier
 from meet_milvus.server import connect
-from meet_milvus.tier import LocalTier, append_rows, mark_deleted, set_generation, tier_dir
+from meet_milvus.tier import LocalTier, tier_dir
+from meet_milvus.tier_write import append_rows, mark_deleted, set_generation
 
 DEFAULT_NEIGHBOURS = 32  # k of the re-ranking statistics of a gallery `index` starts
 BATCH = 1000  # items encoded and written as one change per modality
@@ -138,7 +145,7 @@ class GalleryWriter:
         neighbours: int = DEFAULT_NEIGHBOURS,
     ) -> None:
         self.settings = settings or load_settings()
-        self.name = check_name(collection)
+        self.name = check_gallery_name(collection)
         self.client = connect(self.settings)
         self.gallery: Gallery | None = None
         with contextlib.suppress(GalleryNotFoundError):

@@ -21,6 +21,7 @@ from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import open_gallery
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.reader import MilvusReader, MilvusSide
+from meet_milvus.searcher import SearchConfig
 from meet_milvus.server import connect
 from tests.ties import assert_same_ranking
 
@@ -88,7 +89,7 @@ def test_hamming_top_handles_wide_codes_and_ties():
 @pytest.mark.integration
 def test_adc_reproduces_the_models_pq_ranking(setup):
     stores, gallery, model, images, texts = setup
-    stage = QuantizedFilter(stores["text"], model.codebooks, keep=15)
+    stage = QuantizedFilter(stores["text"], model.codebooks, keep=15, mode="adc")
     out = stage(images)
     expected = images.head @ model.pq_reconstruct(texts.pq_codes, "text").T
     np.testing.assert_allclose(
@@ -100,12 +101,14 @@ def test_adc_reproduces_the_models_pq_ranking(setup):
 @pytest.mark.integration
 def test_quantized_filter_ranks_only_the_survivors(setup):
     stores, gallery, model, images, texts = setup
-    survivors = HammingFilter(stores["text"], keep=40)(images)
-    cached = QuantizedFilter(stores["text"], model.codebooks, keep=0.5)(images, survivors)
+    survivors = HammingFilter(stores["text"], keep=40, mode="client")(images)
+    cached = QuantizedFilter(stores["text"], model.codebooks, keep=0.5, mode="adc")(
+        images, survivors
+    )
     assert cached.width == 20
     for row, kept in zip(survivors.ids, cached.ids, strict=True):
         assert set(kept) <= set(row)
-    milvus = QuantizedFilter(stores["text"], mode="milvus", keep=0.5)(images, survivors)
+    milvus = QuantizedFilter(stores["text"], None, keep=0.5, mode="milvus")(images, survivors)
     assert milvus.width == 20
     for row, kept in zip(survivors.ids, milvus.ids, strict=True):
         assert set(kept[kept >= 0]) <= set(row)
@@ -128,7 +131,7 @@ def test_exact_rescore_is_exact(setup):
     out = ExactRescore(stores["image"], keep=5, mode="search")(texts, ragged)
     assert (out.ids[:, 3:] == -1).all() and sorted(out.ids[0, :3]) == [0, 1, 2]
     with pytest.raises(MeetError, match="exact stage mode"):
-        ExactRescore(stores["image"], mode="scan")
+        ExactRescore(stores["image"], keep=5, mode="scan")
 
 
 @pytest.mark.integration
@@ -136,10 +139,10 @@ def test_cascade_traces_every_stage(setup):
     stores, gallery, model, images, texts = setup
     cascade = Cascade(
         [
-            HammingFilter(stores["image"], keep=0.6),
-            QuantizedFilter(stores["image"], model.codebooks, keep=0.7),
+            HammingFilter(stores["image"], keep=0.6, mode="client"),
+            QuantizedFilter(stores["image"], model.codebooks, keep=0.7, mode="adc"),
             ExactRescore(stores["image"], keep=5),
-            Rerank(stores["image"]),
+            Rerank(stores["image"], SearchConfig().reranker("image")),
         ]
     )
     start = time.perf_counter()

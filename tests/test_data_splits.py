@@ -50,7 +50,7 @@ def test_split_column_gives_disjoint_splits(tmp_path):
     [
         ([("a.jpg", "train"), ("a.jpg", "test")], r"line 2: a\.jpg is listed in split 'train' and"),
         ([("a.jpg", "train"), ("b.jpg", None)], "line 2: give every row a split or none"),
-        ([("a.jpg", "../x")], r"split '\.\./x' is not a name"),
+        ([("a.jpg", "../x")], r"line 1: split name '\.\./x': use letters, digits"),
     ],
 )  # fmt: skip
 def test_split_column_refuses_leaks_and_bad_names(tmp_path, rows, problem):

@@ -6,7 +6,7 @@ import pytest
 from meet_milvus import errors
 from meet_milvus.cascade import resolve_keep
 from meet_milvus.errors import CheckpointError, DataSetError, MeetError, ParameterError
-from meet_milvus.gallery_layout import check_name
+from meet_milvus.gallery_layout import check_gallery_name
 from meet_milvus.model.checkpoint import load_checkpoint
 from meet_milvus.searcher import check_k
 from meet_milvus_loaders.precomp import load_split
@@ -35,7 +35,7 @@ def test_raise_sites_use_their_kind(tmp_path):
     with pytest.raises(ParameterError, match="stage size 0"):
         resolve_keep(0, 10)
     with pytest.raises(ParameterError, match="collection name 'bad-name'"):
-        check_name("bad-name")
+        check_gallery_name("bad-name")
     with pytest.raises(CheckpointError, match="no such directory"):
         load_checkpoint(tmp_path / "nope", "cpu")
     (tmp_path / "ckpt").mkdir()

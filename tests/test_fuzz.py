@@ -269,14 +269,16 @@ def stub_searcher(model):
     """A MeetSearcher whose cascade is a stub returning k hits a query."""
     import threading
 
+    from meet_milvus.batching import Batcher
     from meet_milvus.results import Hit
-    from meet_milvus.searcher import MeetSearcher, SearchConfig
+    from meet_milvus.searcher import MAX_BATCH_CALLS, MeetSearcher, SearchConfig
 
     searcher = object.__new__(MeetSearcher)
     searcher.model, searcher.config = model, SearchConfig()
     searcher._model_lock = threading.Lock()
+    searcher._calls = Batcher(searcher._answer, MAX_BATCH_CALLS)
 
-    def run(queries, gallery, k=10, diagnostics=False):
+    def run(queries, gallery, k=10, diagnostics=False, config=None):
         hit = Hit(id=0, score=1.0, source="s", external_id="e", modality=gallery, image=0)
         return [[hit] * int(k) for _ in range(len(queries))]
 

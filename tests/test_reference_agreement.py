@@ -65,8 +65,7 @@ def test_reference_mode_reproduces_an_item_queried_again():
     s = np.array([[0.9, 0.5]])
     neighbours = np.array([[[0.9 + 4.8e-7, 0.8], [0.9 - 1e-3, 0.1]]])
     assert reverse_ranks(s, neighbours).tolist() == [[0, 1]]
-    out, _ = Reranker(z=2, mode="reference").rerank(np.array([[0, 1]]), s, np.zeros((1, 2, 2)),
-                                                    neighbours)  # fmt: skip
+    out, _ = Reranker.reference(2).rerank(np.array([[0, 1]]), s, np.zeros((1, 2, 2)), neighbours)
     assert out.tolist() == [[0, 1]]
 
 

@@ -45,16 +45,22 @@ def test_consistency_favours_candidates_that_agree_with_the_attended_others():
     np.testing.assert_allclose(again[0, :5], scores[0])
 
 
+def _weighted(**given) -> Reranker:
+    """A weighted re-ranker: the given fields over fixed ones (Reranker has no defaults)."""
+    return Reranker(**{"alpha": 0.0, "beta": 0.0, "z": 30, "temperature": 0.05,
+                       "mode": "weighted", **given})  # fmt: skip
+
+
 def test_no_weights_keep_the_similarity_order_and_the_tail_is_untouched():
     rng = np.random.default_rng(1)
     ids = np.array([[7, 3, 9, 1, 4, -1]])
     sims = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, -np.inf]], dtype=np.float32)
     vectors = _unit(rng.standard_normal((1, 6, 8)))
     neighbours = -np.sort(-rng.random((1, 6, 4)), axis=-1)
-    out_ids, out_scores = Reranker(alpha=0, beta=0, z=3).rerank(ids, sims, vectors, neighbours)
+    out_ids, out_scores = _weighted(alpha=0, beta=0, z=3).rerank(ids, sims, vectors, neighbours)
     assert out_ids.tolist() == ids.tolist()
     np.testing.assert_allclose(out_scores[0, :5], sims[0, :5])
-    out_ids, _ = Reranker(alpha=0.5, beta=0.5, z=3).rerank(ids, sims, vectors, neighbours)
+    out_ids, _ = _weighted(alpha=0.5, beta=0.5, z=3).rerank(ids, sims, vectors, neighbours)
     assert sorted(out_ids[0, :3].tolist()) == [3, 7, 9]  # re-ordered only within the top z
     assert out_ids[0, 3:].tolist() == [1, 4, -1]
 
@@ -76,7 +82,7 @@ def test_complementarity_alone_reproduces_the_reference_reverse_rank_order():
         sims = sim[q, order][None]
         vectors = np.zeros((1, z, 4))
         neighbours = neighbours_all[top][None]
-        out, _ = Reranker(alpha=0, beta=1000, z=z).rerank(ids, sims, vectors, neighbours)
+        out, _ = _weighted(alpha=0, beta=1000, z=z).rerank(ids, sims, vectors, neighbours)
         ranks = reverse_ranks(sims[:, :z], neighbours)[0]
         assert sorted(ranks.tolist()) == [
             int(np.where(np.argsort(-sim[:, t]) == q)[0][0]) for t in reference
@@ -117,11 +123,11 @@ def test_reference_mode_reproduces_the_reference_rule_on_a_hand_made_case():
     ])  # fmt: skip
     assert _reference_order(sim, 0, 3) == [1, 2, 0, 3]
     ids, sims, vectors, neighbours = _reference_inputs(sim, 0)
-    out, scores = Reranker(z=3, mode="reference").rerank(ids, sims, vectors, neighbours)
+    out, scores = Reranker.reference(3).rerank(ids, sims, vectors, neighbours)
     assert out[0].tolist() == [1, 2, 0, 3]
     np.testing.assert_allclose(scores[0], [0.80, 0.70, 0.90, 0.10])  # similarities, re-ordered
     # The weighted rule with the same statistics, but z = 4 and a small beta, does not.
-    weighted, _ = Reranker(beta=0.05, z=4).rerank(ids, sims, vectors, neighbours)
+    weighted, _ = _weighted(alpha=0, beta=0.05, z=4).rerank(ids, sims, vectors, neighbours)
     assert weighted[0].tolist() != [1, 2, 0, 3]
 
 
@@ -156,11 +162,11 @@ def test_search_config_rerank_modes():
     with pytest.raises(ValueError):
         SearchConfig(rerank="sideways")
     with pytest.raises(MeetError, match="re-ranking mode 'sideways'"):
-        Reranker(mode="sideways")
+        _weighted(mode="sideways")
 
 
 def test_bad_parameters_are_refused():
     with pytest.raises(MeetError, match="z=0"):
-        Reranker(z=0)
+        _weighted(z=0)
     with pytest.raises(MeetError, match="temperature"):
-        Reranker(temperature=0)
+        _weighted(temperature=0)

@@ -2,13 +2,14 @@
 
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from meet_milvus import MeetSearcher
-from meet_milvus.cascade import HASH_KEEP, resolve_keep
+from meet_milvus import MeetSearcher, SearchConfig
+from meet_milvus.cascade import resolve_keep
 from meet_milvus.errors import (
     GalleryMismatchError,
     GalleryNotFoundError,
@@ -74,7 +75,7 @@ def test_client_hamming_and_chunked_batches_give_the_same_hits(
         for m in ("milvus", "client")
     )
     rows = searcher.gallery.meta["image"].rows
-    assert milvus.width == client.width == resolve_keep(HASH_KEEP["image"], rows)
+    assert milvus.width == client.width == resolve_keep(SearchConfig().hash_keep_images, rows)
     assert_same_ranking(milvus.ids, milvus.scores, client.ids, client.scores)
     monkeypatch.setattr(searcher_mod, "QUERY_CELLS", 2 * searcher.gallery.meta["image"].rows)
     chunked = searcher.search(queries, k=5)  # three cascade calls of two queries
@@ -151,6 +152,94 @@ def test_a_silent_milvus_is_named(runtime_settings, demo_checkpoint):
 def test_bad_search_settings_are_named(runtime_settings, demo_gallery):
     with pytest.raises(ParameterError, match="search setting 'alhpa'"):
         MeetSearcher(demo_gallery, settings=runtime_settings, alhpa=0.3)
+
+
+@pytest.mark.integration
+def test_a_calls_config_answers_as_a_searcher_built_with_it(
+    runtime_settings, demo_gallery, searcher, split
+):
+    own = searcher.config
+    config = own.updated(pq=False, rerank="reference", exact_keep=50, hash_keep_texts=0.5)
+    built = MeetSearcher(demo_gallery, settings=runtime_settings, config=config)
+    assert built.config == config != own
+    texts, images = split.captions[:4], split.image_paths[:3]
+    pairs = [
+        (searcher.search(texts, k=5, diagnostics=True, config=config),
+         built.search(texts, k=5, diagnostics=True)),
+        (searcher.search_image(images, k=5, diagnostics=True, config=config),
+         built.search_image(images, k=5, diagnostics=True)),
+    ]  # fmt: skip
+    for per_call, from_built in pairs:
+        assert per_call == from_built  # ids, scores and every stage's ranks
+        assert all(list(h.stages) == ["hash", "dense", "rerank"] for row in per_call for h in row)
+    # The searcher's own config is untouched, and its next call uses it again.
+    assert searcher.config is own and own == SearchConfig()
+    default = searcher.search(texts[0], k=5, diagnostics=True)
+    assert list(default[0].stages) == ["hash", "pq", "dense", "rerank"]
+    with pytest.raises(ParameterError, match="config: expected a SearchConfig"):
+        searcher.search(texts[0], config={"pq": False})
+
+
+def ranking(rows: list[list[Hit]]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([[h.id for h in r] for r in rows]),
+            np.array([[h.score for h in r] for r in rows]))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_concurrent_callers_get_their_sequential_answers(searcher, split, monkeypatch):
+    texts, images = split.captions[:12], split.image_paths[:6]
+    alone = [searcher.search(t, k=5) for t in texts] + [
+        searcher.search_image(p, k=5) for p in images
+    ]
+    sizes: list[int] = []
+    answer = searcher._answer
+
+    def counted(calls):
+        sizes.append(len(calls))
+        return answer(calls)
+
+    monkeypatch.setattr(searcher._calls, "_run", counted)
+    calls = [lambda t=t: searcher.search(t, k=5) for t in texts]
+    calls += [lambda p=p: searcher.search_image(p, k=5) for p in images]
+    together: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def caller(i: int) -> None:
+        start.wait()
+        together[i] = calls[i]()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    # Batched encoding differs from one-at-a-time by float error only: the same ranking.
+    assert_same_ranking(*ranking(alone), *ranking(together), atol=1e-4)
+    assert sum(sizes) == len(calls) and max(sizes) > 1  # callers shared passes
+
+
+@pytest.mark.unit
+def test_search_config_updated_validates_what_it_changes():
+    base = SearchConfig()
+    refused = [
+        ({"alhpa": 0.3}, "search setting 'alhpa': unknown"),
+        ({"z": 0}, "search setting 'z': Input should be greater than or equal to 1"),
+        ({"pq_keep_texts": 1.5}, "search setting 'pq_keep_texts': stage size 1.5: a fraction"),
+        ({"rerank": "sideways"}, "search setting 'rerank': 'sideways': use true, false"),
+        ({"filter": "ann", "tier": "server"}, "the ANN index needs tier='local'"),
+    ]
+    for overrides, message in refused:
+        with pytest.raises(ParameterError) as caught:
+            base.updated(**overrides)
+        assert isinstance(caught.value, ValueError) and str(caught.value).startswith(
+            message if message.startswith("search") else "search setting 'filter': " + message
+        ), str(caught.value)
+    changed = base.updated(pq_keep_texts=1.0, rerank=True, z=5)
+    assert (changed.pq_keep_texts, changed.rerank, changed.z) == (1.0, "weighted", 5)
+    assert changed.pq_keep("text") == 1.0 and changed.pq_keep("image") == base.pq_keep_images
+    assert base == SearchConfig()  # frozen: updated makes a copy
+    # Every setting is described (the CLI's help is derived from these).
+    assert all(f.description for f in SearchConfig.model_fields.values())
 
 
 @pytest.mark.unit

@@ -30,12 +30,12 @@ from pathlib import Path
 import pytest
 from pymilvus import MilvusClient
 
-from meet_milvus import relay as relay_module
 from meet_milvus import server as server_module
 from meet_milvus.config import Settings
 from meet_milvus.errors import MeetError, ParameterError
-from meet_milvus.relay import PeerTable, Relay
-from meet_milvus.server import EmbeddedServer, connect
+from meet_milvus.server import EmbeddedServer, binaries, connect, lifecycle, processes
+from meet_milvus.server import relay as relay_module
+from meet_milvus.server.relay import PeerTable, Relay
 from tests.plugins.milvus import embedded_settings
 
 MEET_MILVUS = [sys.executable, "-c", "from meet_milvus.cli import main; main()"]
@@ -82,7 +82,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
     server = EmbeddedServer(settings)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(server_module, "LOG_MAX_BYTES", LOG_MAX)
+            mp.setattr(lifecycle, "LOG_MAX_BYTES", LOG_MAX)
             server.start(die_with_parent=True)
         yield settings
     finally:
@@ -739,7 +739,7 @@ def test_start_does_not_report_success_for_a_server_that_does_not_answer(tmp_pat
 @pytest.mark.parametrize("loose", ["cache", "milvus", "bin", "binary"])
 def test_a_cached_server_others_could_write_is_never_run(tmp_path, loose):
     cache = tmp_path / "cache"
-    bin_dir = cache / "milvus" / server_module._package_version() / "bin"
+    bin_dir = cache / "milvus" / binaries.package_version() / "bin"
     bin_dir.mkdir(parents=True)
     planted = bin_dir / "milvus"
     planted.write_text("#!/bin/sh\ntouch " + str(tmp_path / "ran") + "\n")
@@ -747,7 +747,7 @@ def test_a_cached_server_others_could_write_is_never_run(tmp_path, loose):
     target = {"cache": cache, "milvus": cache / "milvus", "bin": bin_dir, "binary": planted}
     target[loose].chmod(0o777)
     with pytest.raises(MeetError, match=r"is writable by others .*could have been planted"):
-        server_module._binaries(cache)
+        binaries.binaries(cache)
     assert not (tmp_path / "ran").exists()
 
 
@@ -758,21 +758,21 @@ def test_a_cached_server_of_another_user_is_never_run(tmp_path):
     (cache / "milvus").mkdir(parents=True)
     os.chown(cache / "milvus", STRANGER, STRANGER)
     with pytest.raises(MeetError, match=rf"belongs to uid {STRANGER}, so the server binary"):
-        server_module._binaries(cache)
+        binaries.binaries(cache)
 
 
 @pytest.mark.integration
 def test_a_planted_binary_in_ones_own_cache_is_replaced_by_the_packages(tmp_path, monkeypatch):
     """A cache dir the user owns (a config from a cloned repository may name one) holding a
     binary the package did not ship: unpacked again from the package before anything runs."""
-    monkeypatch.setattr(server_module, "_BINARY_HASHES", tmp_path / "home" / "hashes.json")
+    monkeypatch.setattr(binaries, "BINARY_HASHES", tmp_path / "home" / "hashes.json")
     cache = tmp_path / "cache"
-    bin_dir = server_module._binaries(cache)
+    bin_dir = binaries.binaries(cache)
     shipped = (bin_dir / "milvus").read_bytes()
-    assert server_module._binaries(cache) == bin_dir  # verified, kept
+    assert binaries.binaries(cache) == bin_dir  # verified, kept
     (bin_dir / "milvus").write_text("#!/bin/sh\necho planted\n")
     (bin_dir / "libextra.so").write_text("planted")
-    assert server_module._binaries(cache) == bin_dir
+    assert binaries.binaries(cache) == bin_dir
     assert (bin_dir / "milvus").read_bytes() == shipped
     assert not (bin_dir / "libextra.so").exists()
     assert stat.S_IMODE((tmp_path / "home" / "hashes.json").stat().st_mode) == 0o600
@@ -790,20 +790,20 @@ def test_a_tmp_milvus_of_another_user_is_one_line_not_exit_255(tmp_path):
             """
             server._RUNTIME_DIR = sys.argv[1]
             try:
-                server._check_runtime_dir()
+                server.check_runtime_dir()
                 out["error"] = None
             except Exception as e:
                 out["error"] = str(e)
             """,
             runtime,
-            imports="import meet_milvus.server as server",
+            imports="import meet_milvus.server.processes as server",
         )
         assert out["error"] == (
             f"embedded Milvus: {runtime} belongs to uid 0 (mode 700); Milvus 2.3.5 keeps its "
             f"runtime files there and cannot be told another folder: ask the owner of {runtime} "
             "to remove it, or point --uri at a server of your own"
         )
-        server_module._check_runtime_dir()  # its owner may
+        processes.check_runtime_dir()  # its owner may
     finally:
         shutil.rmtree(shared)
 

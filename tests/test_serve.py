@@ -19,16 +19,17 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from meet_milvus.results import Hit
 from meet_milvus.searcher import SearchConfig
-from meet_milvus.web.app import MAX_BODY, Switches, create_app
-from meet_milvus.web.browser import (
+from meet_milvus.web.app import MAX_BODY, SWITCHES, Switches, create_app
+from meet_milvus.web.run import serving
+from tests.tools.browser import (
     chromium_missing,
     chromium_page,
     loaded_images,
     search_text,
     wait_until,
 )
-from meet_milvus.web.run import serving
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +122,13 @@ class Spy:
     def __init__(self, inner):
         self.inner, self.config, self.seen = inner, inner.config, []
 
-    def search(self, text, k=10, diagnostics=False):
-        return self.inner.search(text, k=k, diagnostics=diagnostics)
+    def search(self, text, k=10, diagnostics=False, config=None):
+        return self.inner.search(text, k=k, diagnostics=diagnostics, config=config)
 
-    def search_image(self, path, k=10, diagnostics=False):
+    def search_image(self, path, k=10, diagnostics=False, config=None):
         path = Path(path)
         self.seen.append((path, stat.S_IMODE(path.parent.stat().st_mode), path.read_bytes()))
-        return self.inner.search_image(path, k=k, diagnostics=diagnostics)
+        return self.inner.search_image(path, k=k, diagnostics=diagnostics, config=config)
 
 
 @pytest.mark.integration
@@ -206,9 +207,46 @@ def test_info_page_and_openapi(client, demo_gallery, searcher):
     assert {"/api/search", "/api/search/image", "/api/images/{item_id}"} <= set(paths)
 
 
+class Recorder:
+    """Answers every text with one hit and notes the config each call received."""
+
+    config = SearchConfig()
+
+    def __init__(self):
+        self.seen = []
+
+    def search(self, text, k=10, diagnostics=False, config=None):
+        self.seen.append(config)
+        return [Hit(id=1, score=0.5, source="a.png", external_id="a", modality="image", image=1)]
+
+
 @pytest.mark.unit
-def test_every_switch_is_a_search_setting():
-    assert set(Switches.model_fields) <= set(SearchConfig.model_fields)
+def test_the_switches_are_exactly_the_search_settings_they_expose():
+    assert list(Switches.model_fields) == list(SWITCHES)
+    for name, switch in Switches.model_fields.items():
+        setting = SearchConfig.model_fields[name]  # a KeyError if one is not a setting
+        assert switch.annotation == setting.annotation | None and switch.default is None
+        assert switch.description == setting.description
+    recorder = Recorder()
+    with TestClient(create_app(recorder)) as client:
+
+        def post(switches):
+            return client.post("/api/search", json={"text": "a", "k": 1, "switches": switches})
+
+        every = {"hash": False, "pq": False, "exact": True, "rerank": "reference", "alpha": 0.5,
+                 "beta": 0.1, "z": 7, "exact_keep": 20}  # fmt: skip
+        assert set(every) == set(SWITCHES)
+        assert post(every).status_code == 200 and post({}).status_code == 200
+        assert recorder.seen == [SearchConfig().updated(**every), None]
+        assert recorder.config == SearchConfig()  # the server's own is never changed
+        for setting in set(SearchConfig.model_fields) - set(SWITCHES):  # not exposed: refused
+            answer = post({setting: getattr(SearchConfig(), setting)})
+            assert answer.status_code == 422, setting
+            assert answer.json()["error"] == f"switches.{setting}: Extra inputs are not permitted"
+        answer = post({"rerank": 1})  # strict: no number for a switch
+        assert answer.status_code == 422 and answer.json()["error"].startswith("switches.rerank")
+        assert post({"z": 0}).json()["error"].startswith("search setting 'z': Input should be")
+    assert len(recorder.seen) == 2
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -359,7 +397,7 @@ def test_the_page_in_headless_chromium(searcher, split):
 
 @pytest.mark.unit
 def test_chromium_absence_is_reported_not_crashed(monkeypatch):
-    from meet_milvus.web import browser
+    from tests.tools import browser
 
     monkeypatch.setattr(browser, "CHROMIUM", Path("/nonexistent/chromium"))
     assert browser.chromium_missing().startswith("no Chromium at /nonexistent/chromium")

@@ -24,7 +24,7 @@ class FakeSearcher:
     config = SearchConfig()
     gallery = SimpleNamespace(name="fake")
 
-    def search(self, text, k=10, diagnostics=False):
+    def search(self, text, k=10, diagnostics=False, config=None):
         return [Hit(id=7, score=0.5, source="s.txt", external_id="e", modality="image", image=7)]
 
 

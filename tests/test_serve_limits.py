@@ -30,11 +30,11 @@ class FakeSearcher:
     def __init__(self, source: str = "s.png") -> None:
         self.source, self.seen = source, []
 
-    def search(self, text, k=10, diagnostics=False):
+    def search(self, text, k=10, diagnostics=False, config=None):
         return [Hit(id=7, score=0.5, source=self.source, external_id="e", modality="image",
                     image=7)]  # fmt: skip
 
-    def search_image(self, path, k=10, diagnostics=False):
+    def search_image(self, path, k=10, diagnostics=False, config=None):
         with Image.open(path) as im:
             self.seen.append(im.size)
         return []

@@ -52,23 +52,39 @@ def test_load_refuses_too_many_neighbours_before_anything_else(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["demo\n", "demo\x00", "1demo", "de-mo", "x" * 202, ""])
+@pytest.mark.parametrize(
+    "name", ["demo\n", "demo\x00", "1demo", "de-mo", "x" * (cols.NAME_MAX + 1), ""]
+)
 def test_a_bad_collection_name_is_shown_quoted_with_the_rule_it_breaks(name):
     with pytest.raises(ParameterError) as e:
-        cols.check_name(name)
+        cols.check_gallery_name(name)
     message = str(e.value)
     assert "\n" not in message and "\x00" not in message
     shown = name if len(name) <= 60 else name[:60] + "..."
     assert message == (
-        f"collection name {shown!r}: use letters, digits and underscores (at most 201), "
+        f"collection name {shown!r}: use letters, digits and underscores (at most 243), "
         "starting with a letter or an underscore"
     )
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["_x", "demo", "a1_", "x" * 201])
+@pytest.mark.parametrize("name", ["_x", "demo", "a1_", "x" * cols.NAME_MAX])
 def test_the_names_the_message_promises_are_accepted(name):
-    assert cols.check_name(name) == name
+    assert cols.check_gallery_name(name) == name
+
+
+@pytest.mark.unit
+def test_the_longest_gallery_name_gives_collection_names_milvus_accepts():
+    """Milvus refuses collection names over 255 characters: a gallery name of NAME_MAX, with
+    the longest suffix any of its collections gets, is exactly that long."""
+    gallery = "x" * cols.NAME_MAX
+    names = [*cols.side_collections(gallery)] + [
+        name
+        for kind in ("split", "multi")
+        for modality in cols.MODALITIES
+        for name in cols.Layout(kind).collections(gallery, modality)
+    ]
+    assert max(len(name) for name in names) == 255
 
 
 class RefusingLoad:
@@ -141,7 +157,7 @@ def test_a_milvus_error_during_a_search_names_the_server_and_what_to_do(tmp_path
     searcher.settings = Settings(data_dir=tmp_path, milvus_uri="http://127.0.0.1:9")
     searcher._lost = False
 
-    def refused(gallery, k):
+    def refused(gallery, k, config=None):
         gallery_ = cols.Gallery("demo", cols.Layout("split"), {})
         gallery_.ensure_loaded(RefusingLoad(), "demo_text_pq")
 

@@ -9,7 +9,8 @@ import pytest
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore
 from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import GalleryMeta
-from meet_milvus.tier import ann_nlist, read_tier, write_tier
+from meet_milvus.tier import read_tier
+from meet_milvus.tier_write import ann_nlist, write_tier
 
 pytestmark = pytest.mark.unit
 

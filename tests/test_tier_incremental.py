@@ -13,11 +13,10 @@ import pytest
 
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.gallery_layout import GalleryMeta
-from meet_milvus.tier import (
-    ANN_REBUILD_GROWTH,
+from meet_milvus.tier import ANN_REBUILD_GROWTH, read_tier
+from meet_milvus.tier_write import (
     append_rows,
     mark_deleted,
-    read_tier,
     rebuild_ann,
     set_generation,
     write_tier,
@@ -104,10 +103,10 @@ def test_deleted_and_added_items_in_every_first_stage(tmp_path):
     assert ann.ids[0, 0] == 2300
     assert not np.isin(ann.ids, doomed).any()
     codes = tier.codes("hash")[[2100, 7, 2300]]
-    hits = HammingFilter(tier, keep=2000)(Q(own, codes))
+    hits = HammingFilter(tier, keep=2000, mode="client")(Q(own, codes))
     assert not np.isin(hits.ids, doomed).any() and (hits.ids >= 0).all()
     books = np.random.default_rng(0).standard_normal((M, 256, H // M)).astype(np.float32)
-    pq = QuantizedFilter(tier, books, keep=1.0)(Q(own))
+    pq = QuantizedFilter(tier, books, keep=1.0, mode="adc")(Q(own))
     assert pq.width == 2400 - 3 and not np.isin(pq.ids, doomed).any()
 
 

@@ -8,7 +8,7 @@ optimizer.safetensors, objective.safetensors, trainer.json
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from meet_milvus.errors import CheckpointError
+from meet_milvus.files import read_json, replacing
 from meet_milvus.model.checkpoint import (
     CODEBOOKS,
     CONFIG,
@@ -32,11 +33,11 @@ from meet_milvus.model.quantization import Quantizers
 OPTIMIZER, OBJECTIVE, TRAINER = "optimizer.safetensors", "objective.safetensors", "trainer.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates files private; checkpoints are shared artefacts
-    os.replace(tmp, path)
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` fills a temporary file that then replaces `path`, readable by all: safetensors
+    creates files private, and checkpoints are shared artefacts."""
+    with replacing(path, mode=0o644) as tmp:
+        write(tmp)
 
 
 def save_checkpoint(
@@ -89,7 +90,10 @@ def load_training_state(
     file = path / TRAINER
     if not file.is_file():
         raise CheckpointError(f"resume {path}: {TRAINER} missing (not a resumable run directory)")
-    body = json.loads(file.read_text())
+    try:
+        body = read_json(file)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"resume {path}: {TRAINER} unreadable ({e})") from None
     tensors = load_tensors(path / OPTIMIZER)
     state: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *body.pop("scalars").items()]:

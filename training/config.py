@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from meet_milvus.inputs import check_name
+from meet_milvus.inputs import check_data_name
 from meet_milvus_training.coder.config import CoderConfig
 
 
@@ -19,7 +19,7 @@ class TrainConfig(BaseModel):
     data_name: str = "demo"
     objective: str = "meet"
     # Encoders. The demo default is the frozen pretrained MiniLM: dev/test stamps are unseen in
-    # training, so a BiGRU vocabulary built on train captions misses their words (measured).
+    # training, so a BiGRU vocabulary built on train captions misses their words.
     text_encoder: Literal["bigru", "bert"] = "bert"
     text_model: str | None = Field(None, description="BERT-family dir; None = offline MiniLM")
     text_finetune: bool = False
@@ -30,8 +30,8 @@ class TrainConfig(BaseModel):
     attn_dim: int = Field(256, ge=1, description="width of the attention-pooling scorer")
     pool_heads: int = Field(4, ge=1, description="attention-pooling heads")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the pooling scorers")
-    # Regularised by default: with feature dropout 0.3 and weight decay 0.05 the demo's best
-    # dev rSum (dense / hash / PQ) rose from 127.1 / 50.4 / 86.1 to 134.9 / 61.2 / 96.9.
+    # Regularised by default: feature dropout and weight decay raised the demo's best dev rSum
+    # of all three scores (README "Training on the CPU").
     feature_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on pooled features")
     mlp: bool = Field(True, description="residual MLP beside the linear projection")
     # Codes.
@@ -75,7 +75,7 @@ class TrainConfig(BaseModel):
     workers: int = Field(0, ge=0)
     seed: int = 0
     select: Literal["dense", "sum"] = "sum"
-    # CODER (issue 5): its hyper-parameters, set when objective is "coder".
+    # CODER's hyper-parameters, set when objective is "coder".
     coder: CoderConfig | None = None
     # Start from another checkpoint's encoders (e.g. CODER's) with fresh heads and codebooks.
     init_from: str | None = None
@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     @field_validator("data_name")
     @classmethod
     def _data_name(cls, v: str) -> str:
-        return check_name(v, "data set")  # it names folders under the data dir
+        return check_data_name(v, "data set")  # it names folders under the data dir
 
     @model_validator(mode="after")
     def _dims(self) -> TrainConfig:

@@ -1,9 +1,10 @@
 """The objective interface and registry: an objective turns a batch's embeddings and head
 outputs into a loss.
 
-The trainer only knows the `Objective` interface, so another objective (issue 5: CODER) plugs in
-by subclassing it and registering a name (`meet_milvus_training.objectives` imports the built-in
-ones, so the registry is complete wherever `build_objective` is):
+The trainer only knows the `Objective` interface, so another objective (CODER's, in
+`training/coder/`) plugs in by subclassing it and registering a name
+(`meet_milvus_training.objectives` imports the built-in ones, so the registry is complete
+wherever `build_objective` is):
 
     @register_objective("coder")
     class CoderObjective(Objective):

@@ -8,13 +8,13 @@ training step's text side into a table lookup.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from meet_milvus.files import replacing
 from meet_milvus.model.encoders import BertTextEncoder
 from meet_milvus.progress import progress_bar
 
@@ -91,7 +91,6 @@ class TokenStateCache:
         offsets = torch.cumsum(lengths, 0)
         states = torch.cat(per_text) if per_text else torch.zeros(0, 1, dtype=torch.float16)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            save_file({"states": states.contiguous(), "offsets": offsets}, str(tmp))
         return cls(unique, states, offsets)

@@ -28,13 +28,13 @@ def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_
           quiet) -> None:  # fmt: skip
     """Add photos (folders, files, globs) or manifest rows to a gallery: new items are added,
     changed files encoded again, unchanged ones left; no captions needed."""
-    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.gallery_layout import check_gallery_name
     from meet_milvus.writer import GalleryWriter
     from meet_milvus_loaders.milvus_loader import check_neighbours, training_pool
     from meet_milvus_loaders.photos import collect
 
     settings = _settings()
-    check_name(collection)
+    check_gallery_name(collection)
     if neighbours is not None:
         check_neighbours(neighbours)
     items = collect(paths, allow_outside=allow_outside_images)  # bad paths fail before the model
@@ -62,10 +62,10 @@ def delete(ids, collection, missing) -> None:
     """Delete items from a gallery by external id (an image with its captions; ID#n: one
     caption), or those whose image file is gone (--missing)."""
     from meet_milvus.errors import ParameterError
-    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.gallery_layout import check_gallery_name
     from meet_milvus.writer import GalleryWriter
 
-    check_name(collection)
+    check_gallery_name(collection)
     if not ids and not missing:
         raise ParameterError("delete: name the items' ids, or --missing")
     report = GalleryWriter(collection, settings=_settings()).delete(ids, missing=missing)

@@ -100,8 +100,8 @@ def given(**options: object) -> dict:
 def open_searcher(collection: str, checkpoint: Path | None, **overrides: Any):
     """The searcher of `collection` with the command's settings; the name is checked before
     connecting and loading the model."""
-    from meet_milvus.gallery_layout import check_name
+    from meet_milvus.gallery_layout import check_gallery_name
     from meet_milvus.searcher import MeetSearcher
 
-    check_name(collection)
+    check_gallery_name(collection)
     return MeetSearcher(collection, checkpoint=checkpoint, settings=current_settings(), **overrides)

@@ -1,17 +1,17 @@
 """A BERT encoder and its WordPiece tokenizer, read from a local model folder without transformers.
 
-Importing transformers and building its model class took 4.4 s of a 6.4 s one-off text search
-(idle 2-core machine); this module needs only torch, safetensors and tokenizers, and reads the
-same folder (config.json, model.safetensors, tokenizer.json) into the same computation: token
-ids equal transformers', token states within float rounding (tests/test_bert.py). Parameter
-names follow transformers' BertModel, so a fine-tuned encoder's checkpoint keeps its keys.
+Importing transformers and building its model class was most of a one-off text search's
+start-up (README "Starting a command"); this module needs only torch, safetensors and
+tokenizers, and reads the same folder (config.json, model.safetensors, tokenizer.json) into the
+same computation: token ids equal transformers', token states within float rounding
+(tests/test_bert.py). Parameter names follow transformers' BertModel, so a fine-tuned encoder's
+checkpoint keeps its keys.
 Other model families (RoBERTa, DistilBERT, ...) are served by transformers
 (`encoders.load_transformer`).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.files import read_json
 
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
@@ -70,9 +71,10 @@ _FIELDS = {
 
 
 def _read_json(path: Path) -> dict:
+    """files.read_json, its failures worded as a text model's; a JSON object."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        value = read_json(path)
+    except (OSError, ValueError, RecursionError) as e:
         raise ParameterError(f"text model {path}: unreadable ({e})") from None
     if not isinstance(value, dict):
         raise ParameterError(f"text model {path}: expected a JSON object")
@@ -84,8 +86,8 @@ def is_plain_bert(path: str | Path) -> bool:
     safetensors file and a fast-tokenizer file. Anything else goes to transformers."""
     path = Path(path)
     try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        raw = read_json(path / "config.json")
+    except (OSError, ValueError, RecursionError):
         return False
     return (
         isinstance(raw, dict)
@@ -219,7 +221,8 @@ class Bert(nn.Module):
                 key = key.removeprefix(prefix)
             weights[key] = tensor
         # Built on the CPU and then given the file's tensors (`assign`). A "meta" device would
-        # skip the random initialisation, but its first use imports torch._dynamo (1.5 s).
+        # skip the random initialisation, but its first use imports torch._dynamo, which takes
+        # longer than the initialisation it saves.
         model = cls(config, pooler="pooler.dense.weight" in weights)
         wanted = model.state_dict()
         missing = sorted(set(wanted) - set(weights))

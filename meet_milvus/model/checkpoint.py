@@ -13,7 +13,6 @@ vocab.json           BiGRU word list (bigru only)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from meet_milvus.config import resolve_device
 from meet_milvus.errors import CheckpointError
+from meet_milvus.files import read_json
 from meet_milvus.model.config import READABLE_VERSIONS, ModelConfig
 from meet_milvus.model.meet_model import MeetModel
 from meet_milvus.model.network import TRANSFORMER_PREFIX, MeetNet, build_net
@@ -64,7 +64,7 @@ def read_config(path: str | Path) -> ModelConfig:
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path}: {CONFIG} missing (not a MEET checkpoint)")
     try:
-        raw = json.loads(file.read_text())
+        raw = read_json(file)
     except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON
         raise CheckpointError(f"checkpoint {file}: unreadable ({e})") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
@@ -125,8 +125,8 @@ def load_network(
         if not vocab_file.is_file():
             raise CheckpointError(f"checkpoint {path}: {VOCAB} missing")
         try:
-            vocab = Vocabulary(json.loads(vocab_file.read_text()))
-        except (ValueError, TypeError) as e:
+            vocab = Vocabulary(read_json(vocab_file))
+        except (OSError, ValueError, RecursionError, TypeError) as e:
             raise CheckpointError(f"checkpoint {vocab_file}: not a vocabulary ({e})") from None
     text_model = _text_model_for(config, path)
     if text_model:

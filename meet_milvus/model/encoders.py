@@ -2,8 +2,8 @@
 
 Each encoder pools local features (regions or tokens) with self-attention guided by their mean
 (as the reference's VisualSA/TextSA), then projects into the joint space and l2-normalises.
-Text encoders share
-one interface: `tokenize(texts) -> dict of tensors` and `forward(**that dict) -> (B, E)`.
+Text encoders share one interface: `tokenize(texts) -> dict of tensors` and
+`forward(**that dict) -> (B, E)`.
 """
 
 from __future__ import annotations

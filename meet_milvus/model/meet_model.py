@@ -186,7 +186,7 @@ class MeetModel:
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         was_training = self.net.training
-        if was_training:  # a walk over every module (~6 ms): only when the mode must change
+        if was_training:  # a walk over every module: only when the mode must change
             self.net.eval()
         cuda = str(self.device).startswith("cuda")
         amp = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()

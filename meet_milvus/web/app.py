@@ -20,9 +20,7 @@ access token 401, schema errors 422, unknown image 404, oversized upload 413, no
 anything else 500.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime,
-# and those of the upload handler name a local (the size limit).
-import copy
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime.
 import io
 import tempfile
 import threading
@@ -30,26 +28,28 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.inputs import is_file
 from meet_milvus.results import Hit
+from meet_milvus.searcher import SearchConfig
 from meet_milvus.web.auth import BrowserGuard, TokenGate, content_security_policy
 from meet_milvus.web.page import PAGE
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of one uploaded image
-# Pixels of an uploaded or served image: a photo has far fewer (PIL's own ceiling, 89 Mpx, let a
-# 360 KB PNG take 3.8 s and 1.3 GB to decode).
+# Pixels of an uploaded or served image: a photo has far fewer, and PIL's own ceiling (89 Mpx)
+# lets a small crafted PNG take seconds and gigabytes to decode.
 MAX_PIXELS = 40_000_000
 # An upload larger than this on a side is shrunk (outside the search lock) before the search
 # decodes it again; the model sees 224 x 224 anyway.
@@ -59,24 +59,35 @@ MAX_BODY = 64 * 1024  # bytes of any other request body (a query is a sentence, 
 MAX_K = 100  # results a request may ask for: a page of thumbnails, not a data dump
 KNOWN_IMAGES = 50_000  # gallery image ids remembered from results, most recent first
 UPLOAD_PATH = "/api/search/image"
+# The `SearchConfig` settings a request may override: the stages and the re-ranker's weights.
+# Not where the gallery is read from (`tier`), nor sizes that would let one request scan it all.
+SWITCHES = ("hash", "pq", "exact", "rerank", "alpha", "beta", "z", "exact_keep")
 
 
-class Switches(BaseModel):
-    """Per-request overrides of the searcher's `SearchConfig` (None: keep the server's)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)  # no true for a number, "1" for true
-
-    hash: bool | None = Field(None, description="Hamming filter stage")
-    pq: bool | None = Field(None, description="product-quantization filter stage")
-    exact: bool | None = Field(None, description="exact dense re-scoring stage")
-    rerank: bool | None = Field(None, description="consistency/complementarity re-ranking")
-    alpha: float | None = Field(None, description="weight of consistency")
-    beta: float | None = Field(None, description="weight of complementarity")
-    z: int | None = Field(None, description="re-ranking depth")
-    exact_keep: int | None = Field(None, description="candidates the exact stage keeps")
+class _Overrides(BaseModel):
+    # strict: no JSON true for a number, no "1" for true
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     def given(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+def _switches_model() -> type[_Overrides]:
+    """Switches: each of SWITCHES with `SearchConfig`'s type and description, None (the
+    server's value) by default; the ranges are checked by `SearchConfig.updated` (400)."""
+    fields: dict[str, Any] = {}
+    for name in SWITCHES:
+        info = SearchConfig.model_fields[name]
+        fields[name] = (info.annotation | None, Field(None, description=info.description))
+    return create_model(
+        "Switches",
+        __base__=_Overrides,
+        __doc__="Per-request overrides of the searcher's `SearchConfig` (None: the server's).",
+        **fields,
+    )
+
+
+Switches = _switches_model()
 
 
 class TextSearch(BaseModel):
@@ -119,6 +130,125 @@ class ErrorResponse(BaseModel):
     error: str
 
 
+Search = Callable[[SearchConfig | None], list[Hit]]
+
+
+@dataclass
+class Service:
+    """What the handlers share (`app.state.service`): the searcher and the upload limit, the
+    search lock and the image ids results have named."""
+
+    searcher: Any
+    max_upload: int
+    # The cascade caches gallery data on first use and the model is not re-entrant: one query
+    # at a time (FastAPI runs the handlers in a thread pool).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    known: "_KnownImages" = field(default_factory=lambda: _KnownImages(KNOWN_IMAGES))
+
+    def answer(
+        self, query: str, modality: str, k: int, switches: _Overrides, search: Search
+    ) -> SearchResponse:
+        """`search` run with the request's switches over the searcher's config (the searcher's
+        own is never changed: other requests use it), timed, its hits ranked."""
+        if isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ParameterError(f"k={k}: must be an integer between 1 and {MAX_K}")
+        given = switches.given()
+        config = self.searcher.config.updated(**given) if given else None
+        with self.lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.perf_counter()
+            hits = search(config)
+            ms = 1000 * (time.perf_counter() - start)
+        out = []
+        for rank, hit in enumerate(hits, 1):
+            thumbnail = None
+            if hit.modality == "image":
+                self.known.add(hit.id, hit.source)
+                thumbnail = f"/api/images/{hit.id}"
+            out.append(ResultHit(**hit.model_dump(), rank=rank, thumbnail=thumbnail))
+        return SearchResponse(query=query, hits=out, modality=modality, k=k, ms=round(ms, 2),
+                              warnings=[str(w.message) for w in caught])  # fmt: skip
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+Served = Annotated[Service, Depends(_service)]
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/info")
+def info(service: Served) -> Info:
+    searcher = service.searcher
+    gallery = getattr(searcher, "gallery", None)
+    model_config = getattr(getattr(searcher, "model", None), "config", None)
+    return Info(
+        collection=getattr(gallery, "name", "gallery"),
+        model=getattr(model_config, "fingerprint", "")[:12],
+        config=searcher.config.model_dump(),
+        max_upload_bytes=service.max_upload,
+        max_k=MAX_K,
+    )
+
+
+@router.post("/api/search")
+def search_text(query: TextSearch, service: Served) -> SearchResponse:
+    def search(config: SearchConfig | None) -> list[Hit]:
+        return service.searcher.search(
+            query.text, k=query.k, diagnostics=query.diagnostics, config=config
+        )
+
+    return service.answer(query.text, "image", query.k, query.switches, search)
+
+
+@router.post(UPLOAD_PATH, responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+def search_image(
+    service: Served,
+    file: Annotated[UploadFile, File(description="an image, at most max_upload_bytes (/api/info)")],
+    k: Annotated[int, Form()] = 10,
+    diagnostics: Annotated[bool, Form()] = False,
+    switches: Annotated[str, Form(description="JSON object of Switches")] = "{}",
+) -> SearchResponse:
+    chosen = _parse_switches(switches)
+    data = file.file.read(service.max_upload + 1)
+    name = Path(file.filename or "upload").name
+    # Decoded here, before the search lock: one large upload does not hold up the others.
+    kind, data = _check_image(data, name, service.max_upload)
+    # search_image reads a file: the upload goes to a private (0700) temp dir, removed after.
+    with tempfile.TemporaryDirectory(prefix="meet-upload-") as tmp:
+        path = Path(tmp) / f"upload.{kind.lower()}"
+        path.write_bytes(data)
+
+        def search(config: SearchConfig | None) -> list[Hit]:
+            return service.searcher.search_image(path, k=k, diagnostics=diagnostics, config=config)
+
+        return service.answer(name, "text", k, chosen, search)
+
+
+@router.get("/api/images/{item_id}", responses={404: {"model": ErrorResponse}})
+def gallery_image(item_id: int, service: Served) -> FileResponse:
+    # Only ids a result returned, served from the source recorded in Milvus for them: the
+    # client names an id, never a path.
+    source = service.known.get(item_id)
+    if source is None:
+        raise HTTPException(404, f"image {item_id}: not among the results served")
+    path = Path(source)
+    kind = _image_format(path) if is_file(path) else None
+    if kind is None:
+        raise HTTPException(404, f"image {item_id}: its source is not an image file here")
+    return FileResponse(
+        path,
+        media_type=Image.MIME[kind],  # what it decodes as, whatever its name says
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
 def create_app(
     searcher: Any,
     *,
@@ -127,8 +257,9 @@ def create_app(
     title: str = "meet-milvus",
 ) -> FastAPI:
     """The service over `searcher`: a `MeetSearcher`, or any object with its interface
-    (`.search`, `.search_image`, `.config` a pydantic `SearchConfig`). With a `token`, every
-    request must carry it (`meet_milvus.web.auth`); `meet-milvus serve` always gives one."""
+    (`.search` and `.search_image` taking `config=`, `.config` a `SearchConfig`). With a
+    `token`, every request must carry it (`meet_milvus.web.auth`); `meet-milvus serve` always
+    gives one."""
     app = FastAPI(
         title=title,
         description="MEET image-text retrieval on Milvus",
@@ -136,6 +267,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.state.service = Service(searcher, max_upload)
+    app.include_router(router)
     # The upload's envelope (boundaries, form fields) may add a little to the file's own limit.
     upload = (max_upload + MAX_BODY, f"upload larger than {size(max_upload)}")
     app.add_middleware(BodyLimit, limits={UPLOAD_PATH: upload}, default=MAX_BODY)
@@ -143,100 +276,6 @@ def create_app(
         app.add_middleware(TokenGate, token=SecretStr(token))
     app.add_middleware(BrowserGuard, csp=content_security_policy(PAGE))  # outermost
     _error_handlers(app)
-    # The cascade caches gallery data on first use and the model is not re-entrant: one query
-    # at a time (FastAPI runs these handlers in a thread pool).
-    lock = threading.Lock()
-    known = _KnownImages(KNOWN_IMAGES)
-
-    def run(
-        query: str, modality: str, k: int, switches: Switches, call: Callable[[Any], list[Hit]]
-    ) -> SearchResponse:
-        if isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise ParameterError(f"k={k}: must be an integer between 1 and {MAX_K}")
-        target = _configured(searcher, switches.given())
-        with lock, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            start = time.perf_counter()
-            hits = call(target)
-            ms = 1000 * (time.perf_counter() - start)
-        out = []
-        for rank, hit in enumerate(hits, 1):
-            thumbnail = None
-            if hit.modality == "image":
-                known.add(hit.id, hit.source)
-                thumbnail = f"/api/images/{hit.id}"
-            out.append(ResultHit(**hit.model_dump(), rank=rank, thumbnail=thumbnail))
-        return SearchResponse(
-            query=query,
-            hits=out,
-            modality=modality,
-            k=k,
-            ms=round(ms, 2),
-            warnings=[str(w.message) for w in caught],
-        )
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
-
-    @app.get("/api/info")
-    def info() -> Info:
-        gallery = getattr(searcher, "gallery", None)
-        model_config = getattr(getattr(searcher, "model", None), "config", None)
-        return Info(
-            collection=getattr(gallery, "name", "gallery"),
-            model=getattr(model_config, "fingerprint", "")[:12],
-            config=searcher.config.model_dump(),
-            max_upload_bytes=max_upload,
-            max_k=MAX_K,
-        )
-
-    @app.post("/api/search")
-    def search_text(query: TextSearch) -> SearchResponse:
-        def call(s: Any) -> list[Hit]:
-            return s.search(query.text, k=query.k, diagnostics=query.diagnostics)
-
-        return run(query.text, "image", query.k, query.switches, call)
-
-    @app.post(UPLOAD_PATH, responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
-    def search_image(
-        file: Annotated[UploadFile, File(description=f"an image, at most {max_upload} bytes")],
-        k: Annotated[int, Form()] = 10,
-        diagnostics: Annotated[bool, Form()] = False,
-        switches: Annotated[str, Form(description="JSON object of Switches")] = "{}",
-    ) -> SearchResponse:
-        chosen = _parse_switches(switches)
-        data = file.file.read(max_upload + 1)
-        name = Path(file.filename or "upload").name
-        # Decoded here, before the search lock: one large upload does not hold up the others.
-        kind, data = _check_image(data, name, max_upload)
-        # search_image reads a file: the upload goes to a private (0700) temp dir, removed after.
-        with tempfile.TemporaryDirectory(prefix="meet-upload-") as tmp:
-            path = Path(tmp) / f"upload.{kind.lower()}"
-            path.write_bytes(data)
-
-            def call(s: Any) -> list[Hit]:
-                return s.search_image(path, k=k, diagnostics=diagnostics)
-
-            return run(name, "text", k, chosen, call)
-
-    @app.get("/api/images/{item_id}", responses={404: {"model": ErrorResponse}})
-    def gallery_image(item_id: int) -> FileResponse:
-        # Only ids a result returned, served from the source recorded in Milvus for them: the
-        # client names an id, never a path.
-        source = known.get(item_id)
-        if source is None:
-            raise HTTPException(404, f"image {item_id}: not among the results served")
-        path = Path(source)
-        kind = _image_format(path) if is_file(path) else None
-        if kind is None:
-            raise HTTPException(404, f"image {item_id}: its source is not an image file here")
-        return FileResponse(
-            path,
-            media_type=Image.MIME[kind],  # what it decodes as, whatever its name says
-            headers={"Cache-Control": "private, max-age=3600"},
-        )
-
     return app
 
 
@@ -253,22 +292,7 @@ def warm_up(searcher: Any) -> float:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _configured(searcher: Any, overrides: dict[str, Any]) -> Any:
-    """The searcher with some switches changed, sharing its model, client and caches; the
-    shared one is never modified (other requests use it at the same time)."""
-    if not overrides:
-        return searcher
-    try:
-        config = type(searcher.config).model_validate({**searcher.config.model_dump(), **overrides})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ParameterError(f"search setting '{err['loc'][0]}': {err['msg']}") from None
-    variant = copy.copy(searcher)
-    variant.config = config
-    return variant
-
-
-def _parse_switches(text: str) -> Switches:
+def _parse_switches(text: str) -> _Overrides:
     try:
         return Switches.model_validate_json(text or "{}")
     except ValidationError as e:

@@ -1,5 +1,5 @@
 """Serving the app with uvicorn: in the foreground (`meet-milvus serve`) or in a thread (tests,
-the screenshot, examples/serve.py)."""
+the screenshot in tests/tools, examples/serve.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A screenshot of the search page with real results, for the README:
+"""A screenshot of the search page with real results, for the README (from the repository's
+root, with Playwright and Chromium installed as for the browser test):
 
-    python -m meet_milvus.web.screenshot --collection demo --out docs/serve.png \\
+    python -m tests.tools.screenshot --collection demo --out docs/serve.png \\
         --query "an apple on a white background"
 
 Starts the service on a free loopback port, types the query into the page in headless
@@ -18,8 +19,8 @@ import click
 from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.searcher import MeetSearcher
 from meet_milvus.web.app import create_app
-from meet_milvus.web.browser import chromium_missing, chromium_page, search_text
 from meet_milvus.web.run import serving
+from tests.tools.browser import chromium_missing, chromium_page, search_text
 
 
 def take(

@@ -1,4 +1,5 @@
-"""Headless Chromium through Playwright for Python, for the page's browser test and screenshot.
+"""Headless Chromium through Playwright for Python, for the page's browser test
+(tests/test_serve.py) and screenshot (tests/tools/screenshot.py).
 
 The browser is the system's Chromium (Debian: `apt-get install chromium`), not one that
 `playwright install` downloads: this project's machines reach package registries only.

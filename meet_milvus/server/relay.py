@@ -1,5 +1,5 @@
 """The relay of the embedded Milvus's proxy port: this machine's 127.0.0.1 into the server's
-own network namespace, for its owner only (Milvus access layer, used by `meet_milvus.server`).
+own network namespace, for its owner only (run by the supervisor, `supervisor.py`).
 
 Milvus 2.3.5 lets through any request that carries the cluster-member header, whatever its
 password, so whoever reaches its proxy port can be its admin. Loopback is shared by every
@@ -45,6 +45,8 @@ class PeerTable:
     its TCP tables (/proc/net/tcp and tcp6: a read of every socket's row, tens of ms on a busy
     machine). Both are opened when this object is made and keep describing the network this
     process was in then: the supervisor makes it before it moves into Milvus's namespace.
+    (Not psutil: its connection lists read the tables of the namespace the process is in when
+    asked, and scan every socket, where this asks the host's for one connection.)
     """
 
     def __init__(self, tables: tuple[str, ...] = ("/proc/self/net/tcp", "/proc/self/net/tcp6")):
