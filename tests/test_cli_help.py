@@ -16,7 +16,7 @@ from meet_milvus.cli import cli
 from meet_milvus.commands import evaluate
 from meet_milvus.commands.options import LazyHelpOption
 from meet_milvus.config import Settings
-from meet_milvus.searcher import ANN_MIN_ROWS, SearchConfig
+from meet_milvus.searcher import SearchConfig
 from meet_milvus_loaders.raw import SPLIT_RATIOS
 
 pytestmark = pytest.mark.unit
@@ -67,8 +67,9 @@ def test_figures_quoted_in_a_settings_help_are_the_defined_ones():
     assert (f"the top {k['reference_k_texts'].default} / {k['reference_k_images'].default} "
             "by reverse rank") in options["rerank"]  # fmt: skip
     assert f"over the top z ({k['z'].default})" in options["rerank"]
-    assert f"auto: ANN from {ANN_MIN_ROWS:,} items on" in options["filter"]
-    assert options["hash_mode"].startswith(k["hash_mode"].description)
+    # The others say what SearchConfig says, and its default.
+    for name in ("tier", "filter", "hash_mode", "pq_mode"):
+        assert options[name] == f"{k[name].description} [{k[name].default}]"
 
 
 def test_global_flags_say_what_the_settings_say():

@@ -1,7 +1,7 @@
 """Options and helpers the commands share.
 
-A search setting's option states its default as `SearchConfig` defines it, read when the help
-is shown: importing the searcher (and torch) at start-up would make every `--help` slow.
+A search setting's option says what `SearchConfig` says of it, default included, read when the
+help is shown: importing the searcher (and torch) at start-up would make every `--help` slow.
 """
 
 from __future__ import annotations
@@ -31,18 +31,16 @@ class LazyHelpOption(click.Option):
 
 
 def setting_help(setting: str, text: str | None = None) -> str:
-    """The help of the option for the `SearchConfig` field `setting`: `text`, whose `{field}`
-    placeholders take that field's default and `{ANN_MIN_ROWS}` the gallery size from which
-    `filter="auto"` takes the ANN index (without `text`: the field's description), then the
-    setting's default as `[value]`."""
-    from meet_milvus.searcher import ANN_MIN_ROWS, SearchConfig
+    """The help of the option for the `SearchConfig` field `setting`: the field's description,
+    or `text` whose `{field}` placeholders take the fields' defaults; then the setting's
+    default as `[value]`."""
+    from meet_milvus.searcher import SearchConfig
 
     fields = SearchConfig.model_fields
-    defaults = {name: field.default for name, field in fields.items()}
-    described = (text or fields[setting].description or "").format(
-        ANN_MIN_ROWS=ANN_MIN_ROWS, **defaults
-    )
-    return f"{described} [{defaults[setting]}]"
+    described = fields[setting].description if text is None else text.format(
+        **{name: field.default for name, field in fields.items()}
+    )  # fmt: skip
+    return f"{described} [{fields[setting].default}]"
 
 
 def setting_option(*decls: str, setting: str, choices: list[str], text: str | None = None):
@@ -57,27 +55,17 @@ CHECKPOINT = click.option(
     "--checkpoint", type=click.Path(path_type=Path),
     help="trained MEET checkpoint dir [the one the gallery was made with]",
 )  # fmt: skip
-TIER = setting_option(
-    "--tier", setting="tier", choices=["local", "server"],
-    text="read the gallery from its local tier (codes in RAM, vectors on disk) or from the "
-    "Milvus collections",
-)  # fmt: skip
+TIER = setting_option("--tier", setting="tier", choices=["local", "server"])
+# Its own words: the field's also covers true and false, which are --no-rerank here.
 RERANK = setting_option(
     "--rerank", setting="rerank", choices=["weighted", "reference"],
-    text="re-ranking: similarity + weighted consistency/complementarity over the top z "
+    text="re-ranking: similarity + alpha*consistency + beta*complementarity over the top z "
     "({z}), or MEET's reference rule (the top {reference_k_texts} / {reference_k_images} by "
-    "reverse rank alone)",
+    "reverse rank alone, searching captions / images)",
 )  # fmt: skip
-FILTER = setting_option(
-    "--filter", setting="filter", choices=["auto", "meet", "ann"],
-    text="first filter: MEET's codes (Hamming -> PQ) or the ANN index; auto: ANN from "
-    "{ANN_MIN_ROWS:,} items on (local tier)",
-)  # fmt: skip
+FILTER = setting_option("--filter", setting="filter", choices=["auto", "meet", "ann"])
 HASH_MODE = setting_option("--hash-mode", setting="hash_mode", choices=["milvus", "client"])
-PQ_MODE = setting_option(
-    "--pq-mode", setting="pq_mode", choices=["adc", "milvus"],
-    text="quantized stage: ADC over the gallery's PQ codes in the client, or Milvus IVF_PQ",
-)  # fmt: skip
+PQ_MODE = setting_option("--pq-mode", setting="pq_mode", choices=["adc", "milvus"])
 
 
 def neighbours_option(text: str):
