@@ -19,8 +19,8 @@ else
 fi
 step meet-milvus load --collection demo
 step meet-milvus search "three wooden cottages" --collection demo -k 5
-step meet-milvus eval --collection demo
+step meet-milvus eval run --collection demo
 # The COCO-like test: training stamps in new scenes.
 step meet-milvus load --collection demo_seen --data demo --split test_seen
 step meet-milvus search "a lionfish, the moon as a crescent and two electric kettles" --collection demo_seen -k 5
-step meet-milvus eval --collection demo_seen
+step meet-milvus eval run --collection demo_seen

@@ -1,4 +1,4 @@
-"""Evaluate a loaded gallery through Milvus from Python (what `meet-milvus eval` prints).
+"""Evaluate a loaded gallery through Milvus from Python (what `meet-milvus eval run` prints).
 
 python examples/load_and_search.py            # loads gallery "demo" (demo/test)
 python examples/evaluate.py demo

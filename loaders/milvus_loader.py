@@ -37,6 +37,7 @@ from meet_milvus.reader import open_tier
 from meet_milvus.server import connect, describe
 from meet_milvus.tier import tier_dir
 from meet_milvus.tier_write import write_tier
+from meet_milvus.writer import DEFAULT_NEIGHBOURS  # k of the stored reverse-neighbour statistics
 from meet_milvus_loaders.precomp import Split, load_split
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NEIGHBOURS = 32  # k of the stored reverse-neighbour statistics
 MAX_NEIGHBOURS = 4096  # Milvus caps an ARRAY field's max_capacity at 4096
 Stats = Literal["pool", "split"]
 

@@ -1,4 +1,4 @@
-"""Charts of an evaluation (`meet-milvus eval --plot`): R@K per method, and R@10 against the
+"""Charts of an evaluation (`meet-milvus eval run --plot`): R@K per method, and R@10 against the
 time a query takes. Drawn with Pillow, which the contact sheets already need, so the plot adds
 no dependency to the install the README gives (matplotlib stays a benchmark extra).
 """

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.commands import data, gallery, retrieval, serve, server
+from meet_milvus.commands import data, evaluate, gallery, retrieval, serve, server
+from meet_milvus.config import Settings
 from meet_milvus.context import Context
 from meet_milvus.errors import MeetError, ParameterError
 
 
+def _described(field: str) -> str:
+    """The help of a global flag: the description of the setting it overrides."""
+    return Settings.model_fields[field].description
+
+
 @click.group()
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file")
-@click.option("--uri", "milvus_uri", help="Milvus URI; default: the embedded server")
+@click.option("--uri", "milvus_uri", help=_described("milvus_uri"))
 @click.option(
     "--token", "milvus_token", help="Milvus token (visible to all users: prefer the next)"
 )
@@ -23,10 +29,10 @@ from meet_milvus.errors import MeetError, ParameterError
     type=click.Path(path_type=Path, dir_okay=False),
     help="file holding the Milvus token or user:password (or MEET_MILVUS_TOKEN)",
 )
-@click.option("--db", "milvus_db", help="Milvus database name")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="data sets and Milvus data")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="downloads and feature caches")
-@click.option("--device", help="auto, cpu, cuda or cuda:N")
+@click.option("--db", "milvus_db", help=_described("milvus_db"))
+@click.option("--data-dir", type=click.Path(path_type=Path), help=_described("data_dir"))
+@click.option("--cache-dir", type=click.Path(path_type=Path), help=_described("cache_dir"))
+@click.option("--device", help=_described("device"))
 @click.version_option(package_name="meet-milvus")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, token_file: Path | None, **overrides) -> None:
@@ -47,9 +53,14 @@ def cli(ctx: click.Context, config_file: Path | None, token_file: Path | None, *
 
 cli.add_command(server.server)
 cli.add_command(data.data)
+cli.add_command(evaluate.evaluate)
 for command in (*retrieval.COMMANDS, *gallery.COMMANDS):
     cli.add_command(command)
 cli.add_command(serve.serve)
+
+
+# click >= 8.2 raises this for a group named without a command (8.1 prints the help itself).
+_NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def main() -> None:
@@ -62,6 +73,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except _NO_COMMAND as e:  # a group named without its command: its help, as click shows it
+        e.show()
+        sys.exit(e.exit_code)
     except click.UsageError as e:
         # One line like every other error, not click's usage block.
         where = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""

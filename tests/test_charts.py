@@ -1,4 +1,4 @@
-"""`meet-milvus eval --plot`: the chart is a real PNG with one bar per method and figure."""
+"""`meet-milvus eval run --plot`: the chart is a real PNG with one bar per method and figure."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from meet_milvus.cli import cli
 from meet_milvus.errors import MeetError
+from meet_milvus_loaders.importer import read_source
 from meet_milvus_loaders.precomp import load_split
 from meet_milvus_loaders.raw import read_manifest, read_manifest_splits
 
@@ -105,6 +106,27 @@ def photos(demo_data, tmp_path):
     for name, src in zip("abcd", split.image_paths, strict=False):
         shutil.copy(src, folder / f"{name}.jpg")
     return folder
+
+
+@pytest.mark.unit
+def test_import_refuses_what_it_cannot_write_before_reading_images(tmp_path):
+    """`data import`'s checks, in loaders/importer.py: all before a feature is extracted."""
+    path = tmp_path / "pairs.jsonl"
+    _jsonl(path, [{"image": "a.jpg", "caption": "A", "split": "train"},
+                  {"image": "b.jpg", "caption": "B", "split": "dev"}])  # fmt: skip
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.jpg").write_bytes(b"x")
+    assert [r.split for r in read_source(path, splits=("dev", "dev"))] == ["dev"]  # once
+    with pytest.raises(MeetError, match=r"no split 'test' \(it has train, dev\)"):
+        read_source(path, splits=("train", "test"))
+    with pytest.raises(MeetError, match="data set name '../x'"):
+        read_source(path, name="../x")
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text("{}")
+    with pytest.raises(MeetError, match="a Karpathy split file needs --images"):
+        read_source(karpathy)
+    with pytest.raises(MeetError, match="a Karpathy split file has its splits; no --split-rat"):
+        read_source(karpathy, image_root=tmp_path, ratios=(0.8, 0.1, 0.1))
 
 
 @pytest.mark.integration

@@ -707,8 +707,8 @@ def bad_cli_args(rng: random.Random, world: World, files: dict) -> list[str]:
         ["load", "--collection", "g", "--checkpoint", str(world.inputs / ("c" * 300))],
         ["data", "import", str(world.inputs / ("m" * 300 + ".csv"))],
         ["--config", str(world.inputs / ("t" * 300 + ".toml")), "server", "status"],
-        ["eval", "--collection", collection if collection != "demo" else "a-b"],
-        ["eval", "--collection", "demo", "--batch-size", batch],
+        ["eval", "run", "--collection", collection if collection != "demo" else "a-b"],
+        ["eval", "tune-pq", "--collection", "demo", "--batch-size", batch],
         ["data", "import", str(world.inputs / "none.csv")],
         ["data", "import", str(world.inputs / "m.csv"), "--name", name if name != "ok" else ".."],
         ["data", "import", str(world.inputs / "m.csv"), "--batch-size", batch],
@@ -886,8 +886,8 @@ def test_cli_against_milvus_never_stops_the_server(
                 good = False
             elif roll < 0.7:
                 args = [*remote, rng.choice([
-                    ["eval", "--collection", "no_such_gallery"],
-                    ["eval", "--collection", demo_gallery, "--batch-size", "0"],
+                    ["eval", "pq-agreement", "--collection", "no_such_gallery"],
+                    ["eval", "run", "--collection", demo_gallery, "--batch-size", "0"],
                     ["load", "--collection", "fz", "--data", "../demo"],
                     ["load", "--collection", "fz", "--data", "demo", "--split", "nope"],
                     ["load", "--collection", "fz", "--batch-size", "-1"],

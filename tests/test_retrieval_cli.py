@@ -1,4 +1,5 @@
-"""`meet-milvus load | search | eval` on the demo gallery, through click and as a process."""
+"""`meet-milvus load | search | eval run | tune-rerank | tune-pq | pq-agreement` on the demo
+gallery, through click and as a process."""
 
 import os
 import subprocess
@@ -6,9 +7,11 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from meet_milvus import milvus_eval
 from meet_milvus.cli import cli
+from meet_milvus.errors import GalleryMismatchError, ParameterError
 from meet_milvus_loaders.milvus_loader import encode_split
 
 pytestmark = pytest.mark.integration
@@ -41,24 +44,42 @@ def test_search_prints_a_table(flags, demo_gallery):
     assert all(line.endswith(".jpg") for line in lines[1:4])
 
 
-def test_eval_prints_recall_and_stage_tables(flags, demo_gallery):
-    out = _run(flags, "eval", "--collection", demo_gallery)
+def test_eval_run_prints_recall_and_stage_tables(flags, demo_gallery, tmp_path):
+    plot = tmp_path / "eval.png"
+    out = _run(flags, "eval", "run", "--collection", demo_gallery, "--plot", str(plot))
     for method in ("dense exact", "hash only", "PQ only", "cascade", "cascade + re-ranking",
                    "cascade + reference re-ranking"):  # fmt: skip
         assert f"| {method} |" in out
     assert "| method | direction | stage | ms/query | candidates | true match kept % |" in out
     assert "| cascade + re-ranking | t2i | rerank |" in out
     assert "| cascade + reference re-ranking | i2t | rerank |" in out
-    one = _run(flags, "eval", "--collection", demo_gallery, "--method", "cascade + re-ranking",
-               "--rerank", "reference")  # fmt: skip
-    assert "| cascade + reference re-ranking |" in one and "| cascade + re-ranking |" not in one
     assert "(ties pessimistic: " in out  # the tie policy is named beside the figures
+    with Image.open(plot) as im:  # --plot: the chart of what the table holds
+        assert im.format == "PNG"
+    one = _run(flags, "eval", "run", "--collection", demo_gallery, "--method",
+               "cascade + re-ranking", "--rerank", "reference")  # fmt: skip
+    assert "| cascade + reference re-ranking |" in one and "| cascade + re-ranking |" not in one
+
+
+def test_eval_tune_rerank_prints_the_grid_best_first(flags, demo_gallery, searcher, split,
+                                                     runtime_settings):  # fmt: skip
+    out = _run(flags, "eval", "tune-rerank", "--collection", demo_gallery)
+    assert "warning: tuning on a test split; tune on dev and report test" in out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| alpha")]  # fmt: skip
+    assert len(rows) == 10
+    rsums = [float(r[3]) for r in rows]
+    assert rsums == sorted(rsums, reverse=True) and all(0 <= v <= 600 for v in rsums)
+    # The figures are milvus_eval.tune_rerank's, as printed.
+    images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 128, False)
+    best = milvus_eval.tune_rerank(searcher, split, {"i2t": images, "t2i": texts})[0]
+    assert rows[0] == [f"{best.alpha:g}", f"{best.beta:g}", str(best.z), f"{best.rsum:.1f}"]
 
 
 def test_eval_tune_pq_prints_each_keep_per_direction(flags, demo_gallery):
     from meet_milvus.milvus_eval import PQ_KEEPS
 
-    out = _run(flags, "eval", "--collection", demo_gallery, "--tune-pq")
+    out = _run(flags, "eval", "tune-pq", "--collection", demo_gallery)
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 0.")
             or line.startswith("| 1 |")]  # fmt: skip
     assert [float(r[0].strip("| ")) for r in rows] == list(PQ_KEEPS)
@@ -87,8 +108,8 @@ def test_eval_and_meet_train_score_the_same_checkpoint_alike(runtime_settings, s
 def test_eval_measures_which_pq_stage_reproduces_the_model(
     flags, demo_gallery, searcher, split, runtime_settings
 ):
-    out = _run(flags, "eval", "--collection", demo_gallery, "--pq-agreement", "--hash-mode",
-               "milvus")  # fmt: skip
+    out = _run(flags, "eval", "pq-agreement", "--collection", demo_gallery, "--hash-mode",
+               "milvus", "--split", "demo/test")  # fmt: skip
     rows = {
         tuple(cells[:2]): float(cells[2])
         for line in out.splitlines()
@@ -103,6 +124,16 @@ def test_eval_measures_which_pq_stage_reproduces_the_model(
     images, texts = encode_split(searcher.model, split, runtime_settings.cache_dir, 128, False)
     found = milvus_eval.pq_agreement(searcher, {"i2t": images, "t2i": texts})
     assert rows == {(r.mode, r.direction): round(r.agreement, 1) for r in found}
+
+
+def test_eval_refuses_a_split_the_gallery_does_not_hold(flags, demo_gallery):
+    for split, error, message in (
+        ("demo/dev", GalleryMismatchError, "holds 20 images and 100 captions but demo/dev has"),
+        ("demo", ParameterError, "name the split it holds, --split DATA/SPLIT"),
+    ):
+        result = CliRunner().invoke(cli, [*flags, "eval", "run", "--collection", demo_gallery,
+                                          "--split", split])  # fmt: skip
+        assert isinstance(result.exception, error) and message in str(result.exception)
 
 
 def test_user_errors_exit_2_with_one_line(runtime_settings):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from meet_milvus.commands.options import LazyHelpOption
 from meet_milvus.context import pass_ctx
 
 
@@ -115,6 +116,18 @@ def _ratios(ctx, param, value: str | None) -> tuple[float, ...] | None:
     return ratios
 
 
+def _defaults_help(option: str) -> str:
+    from meet_milvus_loaders.importer import KARPATHY_DEFAULT
+    from meet_milvus_loaders.raw import SPLIT_RATIOS
+
+    if option == "split":
+        return f"split(s) to write [Karpathy: {' '.join(KARPATHY_DEFAULT)}; manifest: all of its "\
+               "splits]"  # fmt: skip
+    ratios = ",".join(f"{r:g}" for r in SPLIT_RATIOS)
+    return f"manifest without a split column: train,dev,test shares of its images [{ratios}]; " \
+           "a 0 skips a split"  # fmt: skip
+
+
 @data.command(name="import")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--name", help="data set name [the file's name without its extension]")
@@ -124,19 +137,10 @@ def _ratios(ctx, param, value: str | None) -> tuple[float, ...] | None:
     type=click.Path(path_type=Path),
     help="image folder (Karpathy: required; manifest: default its folder)",
 )
-@click.option(
-    "--split",
-    "splits",
-    multiple=True,
-    help="split(s) to write [Karpathy: train dev test; manifest: all of its splits]",
-)
-@click.option(
-    "--split-ratios",
-    "ratios",
-    callback=_ratios,
-    help="manifest without a split column: train,dev,test shares of its images "
-    "[0.8,0.1,0.1]; a 0 skips a split",
-)
+@click.option("--split", "splits", multiple=True, cls=LazyHelpOption,
+              lazy_help=lambda: _defaults_help("split"))  # fmt: skip
+@click.option("--split-ratios", "ratios", callback=_ratios, cls=LazyHelpOption,
+              lazy_help=lambda: _defaults_help("split-ratios"))  # fmt: skip
 @click.option("--seed", default=0, show_default=True, help="manifest: seed of the split by ratios")
 @click.option(
     "--allow-outside-images",
@@ -172,62 +176,18 @@ def import_(
     JSONL/CSV manifest; the splits are written into the data dir. A manifest's `split` field or
     column decides where each image goes; without one, its images are cut into train/dev/test
     by --split-ratios (from --seed; an image's captions stay together)."""
-    from meet_milvus.errors import MeetError
-    from meet_milvus.inputs import check_data_name
-    from meet_milvus.model.features import GridFeatureExtractor
-    from meet_milvus_loaders.precomp import available_splits, write_split
-    from meet_milvus_loaders.raw import read_karpathy, read_manifest_splits, to_split
+    from meet_milvus_loaders.importer import import_data_set
 
-    s = ctx.settings
-    if name is not None:
-        check_data_name(name, "data set")  # before reading anything
-    splits = tuple(dict.fromkeys(splits))  # a split named twice is written once
-    karpathy = source.suffix.lower() == ".json"
-    if karpathy:
-        if image_root is None:
-            raise MeetError(f"{source}: a Karpathy split file needs --images (the image folder)")
-        if ratios is not None:
-            raise MeetError(f"{source}: a Karpathy split file has its splits; no --split-ratios")
-        raws = [
-            read_karpathy(
-                source,
-                image_root,
-                sp,
-                name=name,
-                max_captions=max_captions or None,
-                allow_outside=allow_outside,
-            )
-            for sp in (splits or ("train", "dev", "test"))
-        ]
-    else:
-        raws = read_manifest_splits(
-            source, name=name, image_root=image_root, ratios=ratios, seed=seed,
-            allow_outside=allow_outside,
-        )  # fmt: skip
-        found = [r.split for r in raws]
-        missing = [sp for sp in splits if sp not in found]
-        if missing:
-            raise MeetError(
-                f"{source}: no split '{missing[0]}' (it has {', '.join(found)}); "
-                "a manifest's splits come from its split column or --split-ratios"
-            )
-        raws = [r for r in raws if not splits or r.split in splits]
-    if name is None:
+    report = import_data_set(
+        ctx.settings, source, name=name, image_root=image_root, splits=splits, ratios=ratios,
+        seed=seed, allow_outside=allow_outside, max_captions=max_captions or None,
+        batch_size=batch_size, progress=True, log=lambda msg: click.echo(msg, err=True),
+    )  # fmt: skip
+    click.echo(f"data set '{report.name}' in {report.root}")
+    click.echo(_table(report.rows, ["split", "images", "captions"]))
+    if not report.has_dev:
         click.echo(
-            f"data set name '{raws[0].name}' (from {source.name}; --name sets another)", err=True
-        )
-    extractor = GridFeatureExtractor(device=s.device, cache_dir=s.cache_dir)
-    rows = []
-    for raw in raws:
-        click.echo(f"{raw.name}/{raw.split}: {raw.n_images} images", err=True)
-        split = to_split(raw, extractor, batch_size=batch_size, progress=True)
-        root = write_split(s.data_dir, split)
-        rows.append(_split_row(split))
-    click.echo(f"data set '{raws[0].name}' in {root}")
-    click.echo(_table(rows, ["split", "images", "captions"]))
-    if "dev" not in available_splits(s.data_dir, raws[0].name):
-        click.echo(
-            f"note: data set '{raws[0].name}' has no dev split; meet-train needs one (it keeps "
+            f"note: data set '{report.name}' has no dev split; meet-train needs one (it keeps "
             "the epoch that scores best on dev)",
             err=True,
         )

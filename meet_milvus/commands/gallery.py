@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from meet_milvus.commands.options import COLLECTION, given, neighbours_option
 from meet_milvus.context import current_settings as _settings
 
 
@@ -17,8 +18,7 @@ from meet_milvus.context import current_settings as _settings
                    "{data_dir}/checkpoints/demo; an existing one: the one it was made with]")
 @click.option("--pool", help="a new gallery's reference pool for re-ranking statistics, a data "
                              "set split DATA/SPLIT [the checkpoint's training split]")
-@click.option("--neighbours", default=32, show_default=True,
-              help="k of a new gallery's re-ranking statistics")
+@neighbours_option("k of a new gallery's re-ranking statistics")
 @click.option("--batch", default=1000, show_default=True, type=click.IntRange(min=1),
               help="items written as one change")
 @click.option("--allow-outside-images", is_flag=True,
@@ -35,12 +35,13 @@ def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_
 
     settings = _settings()
     check_gallery_name(collection)
-    check_neighbours(neighbours)
+    if neighbours is not None:
+        check_neighbours(neighbours)
     items = collect(paths, allow_outside=allow_outside_images)  # bad paths fail before the model
     if checkpoint is None and settings.checkpoint is None:
         default = settings.data_dir / "checkpoints" / "demo"
         checkpoint = default if default.is_dir() else None
-    writer = GalleryWriter(collection, checkpoint, settings, neighbours=neighbours)
+    writer = GalleryWriter(collection, checkpoint, settings, **given(neighbours=neighbours))
     if writer.gallery is None:
         writer.pool = training_pool(settings, writer.model, pool, progress=not quiet)
         click.echo(f"new gallery '{collection}': re-ranking statistics against the reference "
@@ -55,7 +56,7 @@ def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_
 
 @click.command("delete")
 @click.argument("ids", nargs=-1)
-@click.option("--collection", required=True, help="gallery name in Milvus")
+@COLLECTION
 @click.option("--missing", is_flag=True, help="delete every image whose file is gone")
 def delete(ids, collection, missing) -> None:
     """Delete items from a gallery by external id (an image with its captions; ID#n: one

@@ -6,22 +6,21 @@ import contextlib
 import math
 import sys
 import time
-from pathlib import Path
 
 import click
 
-from meet_milvus.commands.retrieval import HASH_MODE, HASH_MODE_HELP, _given, _searcher
+from meet_milvus.commands.options import CHECKPOINT, HASH_MODE, given, open_searcher
 from meet_milvus.context import current_settings
 from meet_milvus.errors import MeetError
 
 
 @click.command("serve")
 @click.option("--collection", required=True, help="gallery name in Milvus, e.g. demo")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="[the gallery's]")
+@CHECKPOINT
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-rerank", is_flag=True, help="re-ranking off by default (a request may ask)")
-@click.option(HASH_MODE, type=click.Choice(["milvus", "client"]), help=HASH_MODE_HELP)
+@HASH_MODE
 @click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01),
               help="largest image upload")  # fmt: skip
 def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_mb) -> None:
@@ -47,7 +46,7 @@ def serve(collection, checkpoint, host, port, no_rerank, hash_mode, max_upload_m
 
         began = time.perf_counter()
         overrides = {"rerank": False} if no_rerank else {}
-        searcher = _searcher(collection, checkpoint, **overrides, **_given(hash_mode=hash_mode))
+        searcher = open_searcher(collection, checkpoint, **overrides, **given(hash_mode=hash_mode))
         warm_up(searcher)
         app = create_app(searcher, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
         url = url_of(sock)
