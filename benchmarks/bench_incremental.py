@@ -42,7 +42,7 @@ from meet_milvus.gallery_rows import Items, Origin, append_items, create_gallery
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.pool import Pool
 from meet_milvus.reader import TierSync, open_tier
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.server import EmbeddedServer, connect
 from meet_milvus.tier import LocalTier
 from meet_milvus.tier_write import append_rows, build_ann, mark_deleted, rebuild_ann

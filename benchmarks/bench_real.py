@@ -35,7 +35,7 @@ from meet_milvus.gallery_rows import Origin, write_gallery
 from meet_milvus.model import Encoded, load_checkpoint
 from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.reader import open_tier
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.tier_write import ann_nlist
 from meet_milvus_loaders.milvus_loader import encode_split, split_items
 from meet_milvus_loaders.precomp import Split, load_split

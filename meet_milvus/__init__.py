@@ -9,7 +9,8 @@ from meet_milvus.errors import MeetError
 
 if TYPE_CHECKING:
     from meet_milvus.results import Hit
-    from meet_milvus.searcher import MeetSearcher, SearchConfig
+    from meet_milvus.search_config import SearchConfig
+    from meet_milvus.searcher import MeetSearcher
     from meet_milvus.writer import GalleryWriter, NewItem
 
 __all__ = ["GalleryWriter", "Hit", "MeetError", "MeetSearcher", "NewItem", "SearchConfig",
@@ -18,7 +19,7 @@ __all__ = ["GalleryWriter", "Hit", "MeetError", "MeetSearcher", "NewItem", "Sear
 # Heavy parts (pymilvus, torch) load on first use so `import meet_milvus` stays light.
 _LAZY = {
     "MeetSearcher": "meet_milvus.searcher",
-    "SearchConfig": "meet_milvus.searcher",
+    "SearchConfig": "meet_milvus.search_config",
     "Hit": "meet_milvus.results",
     "GalleryWriter": "meet_milvus.writer",
     "NewItem": "meet_milvus.writer",

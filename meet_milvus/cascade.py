@@ -41,9 +41,8 @@ from meet_milvus.model.meet_model import Encoded
 from meet_milvus.model.quantization import adc_scores, adc_tables
 from meet_milvus.reader import GalleryReader, MilvusSide
 from meet_milvus.rerank import Reranker
+from meet_milvus.search_config import Keep, check_keep
 from meet_milvus.tier import LocalTier
-
-Keep = int | float
 
 
 @dataclass(frozen=True)
@@ -82,17 +81,6 @@ class Stage(Protocol):
     name: str
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates: ...
-
-
-def check_keep(keep: Keep) -> Keep:
-    """`keep` when it is a stage size: a positive count, or a fraction (float) in (0, 1]."""
-    if isinstance(keep, bool) or not isinstance(keep, int | float) or not keep > 0:
-        raise ParameterError(
-            f"stage size {keep!r}: must be a positive count or a fraction in (0, 1]"
-        )
-    if isinstance(keep, float) and keep > 1:
-        raise ParameterError(f"stage size {keep}: a fraction must be at most 1 (or give a count)")
-    return keep
 
 
 def resolve_keep(keep: Keep, available: int, cap: int = MAX_TOPK, least: int = 1) -> int:

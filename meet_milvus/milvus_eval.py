@@ -17,7 +17,8 @@ from meet_milvus.evaluation import Captioned, Recall, recall_from_rankings, topk
 from meet_milvus.inputs import check_count
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.rerank import Reranker
-from meet_milvus.searcher import MeetSearcher, SearchConfig
+from meet_milvus.search_config import SearchConfig
+from meet_milvus.searcher import MeetSearcher
 
 DEPTH = 100  # ranked list length per query (R@10 and ranks up to 100)
 DIRECTIONS = {"i2t": "text", "t2i": "image"}  # direction -> gallery modality searched

@@ -21,7 +21,7 @@ from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import open_gallery
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.reader import MilvusReader, MilvusSide
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.server import connect
 from tests.ties import assert_same_ranking
 

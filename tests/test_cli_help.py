@@ -16,7 +16,7 @@ from meet_milvus.cli import cli
 from meet_milvus.commands import evaluate
 from meet_milvus.commands.options import LazyHelpOption
 from meet_milvus.config import Settings
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus_loaders.raw import SPLIT_RATIOS
 
 pytestmark = pytest.mark.unit

@@ -271,7 +271,8 @@ def stub_searcher(model):
 
     from meet_milvus.batching import Batcher
     from meet_milvus.results import Hit
-    from meet_milvus.searcher import MAX_BATCH_CALLS, MeetSearcher, SearchConfig
+    from meet_milvus.search_config import SearchConfig
+    from meet_milvus.searcher import MAX_BATCH_CALLS, MeetSearcher
 
     searcher = object.__new__(MeetSearcher)
     searcher.model, searcher.config = model, SearchConfig()

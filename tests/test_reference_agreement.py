@@ -27,7 +27,7 @@ def test_tie_absorbs_the_float_error_and_no_more():
 @pytest.mark.unit
 @pytest.mark.parametrize("gallery, k1", [("image", 12), ("text", 15)])
 def test_reference_mode_agrees_with_the_reference_on_near_ties(gallery, k1):
-    from meet_milvus.searcher import SearchConfig
+    from meet_milvus.search_config import SearchConfig
 
     reranker = SearchConfig(rerank="reference").reranker(gallery)
     rng = np.random.default_rng(20 + k1)

@@ -134,7 +134,7 @@ def test_reference_mode_reproduces_the_reference_rule_on_a_hand_made_case():
 @pytest.mark.unit
 @pytest.mark.parametrize("gallery, k1", [("image", 12), ("text", 15)])
 def test_reference_mode_matches_the_reference_with_its_k1_per_direction(gallery, k1):
-    from meet_milvus.searcher import SearchConfig
+    from meet_milvus.search_config import SearchConfig
 
     reranker = SearchConfig(rerank="reference").reranker(gallery)
     assert (reranker.mode, reranker.z) == ("reference", k1)  # 12 for text queries, 15 image
@@ -153,7 +153,7 @@ def test_reference_mode_matches_the_reference_with_its_k1_per_direction(gallery,
 
 @pytest.mark.unit
 def test_search_config_rerank_modes():
-    from meet_milvus.searcher import SearchConfig
+    from meet_milvus.search_config import SearchConfig
 
     assert SearchConfig().rerank == "weighted" and SearchConfig(rerank=True).rerank == "weighted"
     assert SearchConfig(rerank=False).rerank is False

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from meet_milvus.results import Hit
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.web.app import MAX_BODY, SWITCHES, Switches, create_app
 from meet_milvus.web.run import serving
 from tests.tools.browser import (

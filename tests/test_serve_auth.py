@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meet_milvus.results import Hit
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.web.app import create_app
 from meet_milvus.web.auth import TOKEN_FILE, access_token
 

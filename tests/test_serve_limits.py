@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from meet_milvus.results import Hit
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.web import run as web_run
 from meet_milvus.web.app import MAX_PIXELS, MAX_SIDE, create_app
 from meet_milvus.web.run import serving

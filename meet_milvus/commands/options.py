@@ -34,7 +34,7 @@ def setting_help(setting: str, text: str | None = None) -> str:
     """The help of the option for the `SearchConfig` field `setting`: the field's description,
     or `text` whose `{field}` placeholders take the fields' defaults; then the setting's
     default as `[value]`."""
-    from meet_milvus.searcher import SearchConfig
+    from meet_milvus.search_config import SearchConfig
 
     fields = SearchConfig.model_fields
     described = fields[setting].description if text is None else text.format(

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meet_milvus.errors import MeetError, ParameterError
 from meet_milvus.inputs import is_file
 from meet_milvus.results import Hit
-from meet_milvus.searcher import SearchConfig
+from meet_milvus.search_config import SearchConfig
 from meet_milvus.web.auth import BrowserGuard, TokenGate, content_security_policy
 from meet_milvus.web.page import PAGE
 
