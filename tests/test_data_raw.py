@@ -215,7 +215,7 @@ def test_text_model_is_offline_minilm(tmp_path):
 
 @pytest.mark.unit
 def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path):
-    """Checked as text, 'link.png' stays inside; its real path does not (issue 19)."""
+    """Checked as text, 'link.png' stays inside; its real path does not."""
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "ok.png")

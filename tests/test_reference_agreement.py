@@ -1,5 +1,5 @@
 """Where meet-milvus and MEET's reference (at_bert/lib/evalution_AHR.py) agree and differ on
-identical inputs (issue 20, section 3): the reverse-rank tie tolerance, stage sizes from
+identical inputs: the reverse-rank tie tolerance, stage sizes from
 fractions, and rSum rounding."""
 
 from __future__ import annotations

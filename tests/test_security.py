@@ -1,6 +1,6 @@
 """The embedded server is reachable only from this machine, only with its credential, keeps its
-files private, rotates its log and collects dropped collections (issue 10); on a shared machine
-no other local account reaches it, and nothing it runs can have been planted (issue 19).
+files private, rotates its log and collects dropped collections; on a shared machine
+no other local account reaches it, and nothing it runs can have been planted.
 
 One server of its own for the module (its settings differ from the session's): a short garbage
 collection, the log at "warning", rotated at a small size.
@@ -371,7 +371,7 @@ def test_host_network_still_needs_the_credential(tmp_path):
     assert b"session key is deleted" in log.read_bytes()
 
 
-# -- another account on the same machine (issue 19) -------------------------------------------
+# -- another account on the same machine -------------------------------------------
 
 # grpc imports some of its modules on first use: imported here, before the uid changes.
 _GRPC_IMPORTS = (

@@ -431,8 +431,8 @@ def test_the_page_in_headless_chromium(searcher, split):
         assert page.text_content("#error") == "query 0: the text is empty"
 
         # Another local user's page, on another port, opened in the same browser: it receives
-        # no token, and the upload its form sends the service is refused (issue 19: the cookie
-        # reached it, and the form was accepted).
+        # no token, and the upload its form sends the service is refused (a session cookie
+        # would reach it, and the form would be accepted).
         stranger = _StrangersPage(url)
         try:
             page.goto(stranger.url)

@@ -1,6 +1,6 @@
 """What `serve` takes and gives on a shared machine: uploads only in the listed formats and under
 a pixel ceiling, decoded (and shrunk) before the search; only real images served, whatever a
-source links to; connections that never finish their headers closed (issue 19)."""
+source links to; connections that never finish their headers closed."""
 
 import io
 import socket

@@ -1,4 +1,4 @@
-"""Regressions of four sharp edges a fuzz found (issue 20): each is refused at once in one line."""
+"""Regressions of four sharp edges a fuzz found: each is refused at once in one line."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_the_longest_gallery_name_gives_collection_names_milvus_accepts():
 
 
 class RefusingLoad:
-    """What a server restarted moments ago answered to load_collection (issue 20)."""
+    """What a server restarted moments ago answered to load_collection."""
 
     def load_collection(self, name, **kwargs):
         raise MilvusException(
