@@ -6,23 +6,32 @@ Opens the searcher as a user would (default settings: the embedded server, the g
 checkpoint and local tier), then sends the gallery split's own captions as text queries:
 - one caller: p50/p95 of `search(text, k=10)` and the time split into text encoding, each
   cascade stage and the hits' look-up (sources);
-- several callers at once (threads sharing the searcher): p50 and queries per second.
+- several callers at once (threads sharing the searcher, which batches them): p50, p95 and
+  queries per second;
+- `meet-milvus serve` (its own process) over HTTP on loopback with several concurrent
+  clients: the same figures.
 Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+import httpx
 import numpy as np
 import torch
 
 from benchmarks.measure import load_avg
 from meet_milvus.searcher import MeetSearcher
+from meet_milvus.web.auth import access_token
 from meet_milvus_loaders.precomp import load_split
 
 
@@ -43,15 +52,16 @@ def breakdown(searcher: MeetSearcher, texts: list[str], k: int) -> dict:
     return {name: 1e3 * float(np.median(v)) for name, v in parts.items()}
 
 
-def callers(searcher: MeetSearcher, texts: list[str], k: int, n: int) -> dict:
-    """`n` threads share the searcher, each sending its share of `texts` one at a time."""
+def concurrent(sender: Callable[[], Callable[[str], object]], texts: list[str], n: int) -> dict:
+    """`n` threads, each with its own `sender()`, sending its share of `texts` one at a time."""
     lat: list[float] = []
     lock = threading.Lock()
 
     def work(mine: list[str]) -> None:
+        send = sender()
         for text in mine:
             start = time.perf_counter()
-            searcher.search(text, k=k)
+            send(text)
             with lock:
                 lat.append(time.perf_counter() - start)
 
@@ -70,13 +80,51 @@ def callers(searcher: MeetSearcher, texts: list[str], k: int, n: int) -> dict:
     }
 
 
+def http_clients(searcher: MeetSearcher, texts: list[str], k: int, counts: list[int]) -> list:
+    """`meet-milvus serve` as its own process on loopback, asked by `n` HTTP clients at once
+    (threads of this process), each on its own keep-alive connection."""
+    if not counts:
+        return []
+    name = searcher.gallery.name
+    proc = subprocess.Popen([sys.executable, "-m", "meet_milvus", "serve", "--collection", name,
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = None
+        for line in proc.stderr:  # "serving 'demo' at http://127.0.0.1:PORT (ready in ...)"
+            if line.startswith("serving "):
+                url = line.split(" at ", 1)[1].split()[0]
+                break
+        if url is None:
+            raise SystemExit(f"meet-milvus serve did not start (exit {proc.wait()})")
+        token, _ = access_token(searcher.settings.data_dir)
+
+        def sender() -> Callable[[str], object]:
+            client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=120)  # fmt: skip
+
+            def send(text: str) -> object:
+                r = client.post("/api/search", json={"text": text, "k": k})
+                r.raise_for_status()
+                return r
+
+            return send
+
+        return [concurrent(sender, texts, n) for n in counts]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+
+
 @click.command()
 @click.option("--collection", default="demo", show_default=True)
 @click.option("--queries", default=200, show_default=True)
 @click.option("-k", "k", default=10, show_default=True)
 @click.option("--callers", "n_callers", default="1,4", show_default=True)
+@click.option("--http-clients", "n_http", default="1,4,8", show_default=True,
+              help="concurrent HTTP clients of the serve app; '' for none")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def main(collection: str, queries: int, k: int, n_callers: str, out: Path) -> None:
+def main(collection: str, queries: int, k: int, n_callers: str, n_http: str,
+         out: Path) -> None:  # fmt: skip
     """Single-query latency of the searcher, end to end, with its breakdown."""
     start = time.perf_counter()
     searcher = MeetSearcher(collection)
@@ -87,14 +135,17 @@ def main(collection: str, queries: int, k: int, n_callers: str, out: Path) -> No
     texts = load_split(searcher.settings.data_dir, data, split).captions[:queries]
     res = {
         "command": f"python -m benchmarks.bench_latency --collection {collection} "
-        f"--queries {queries} -k {k} --callers {n_callers} --out {out}",
+        f"--queries {queries} -k {k} --callers {n_callers} --http-clients '{n_http}' "
+        f"--out {out}",
         "gallery": {"name": collection, "source": meta.source, "images": meta.rows},
         "torch_threads": torch.get_num_threads(),
         "open_and_first_query_s": open_s,
         "config": searcher.config.model_dump(),
         "load_start": load_avg(),
         "breakdown_p50_ms": breakdown(searcher, texts, k),
-        "callers": [callers(searcher, texts, k, int(n)) for n in n_callers.split(",")],
+        "callers": [concurrent(lambda: lambda t: searcher.search(t, k=k), texts, int(n))
+                    for n in n_callers.split(",")],
+        "http": http_clients(searcher, texts, k, [int(n) for n in n_http.split(",") if n]),
         "load_end": load_avg(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +160,13 @@ def main(collection: str, queries: int, k: int, n_callers: str, out: Path) -> No
         "|---:|---:|---:|---:|",
         *(f"| {c['callers']} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {c['qps']:.1f} |"
           for c in res["callers"]),
+        "",
+        "`meet-milvus serve` (own process) over HTTP on loopback, concurrent clients:",
+        "",
+        "| HTTP clients | p50 ms | p95 ms | QPS |",
+        "|---:|---:|---:|---:|",
+        *(f"| {c['callers']} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {c['qps']:.1f} |"
+          for c in res["http"]),
         "",
         "One caller, p50 ms per part: "
         + ", ".join(f"{n} {v:.2f}" for n, v in res["breakdown_p50_ms"].items()),
