@@ -610,8 +610,13 @@ def size_notes(size: dict) -> list[str]:
     for label, r in peer_rows.items():
         extra = f", PQ {r['pq_bytes_in_ram']:.0f} B/item in RAM" if "pq_bytes_in_ram" in r else ""
         cached = r["page_cache_after_warm_B"]
+        files = r.get("page_cache_after_warm", {})  # name: [bytes cached, file size]
+        n = size["items"]
+        big = ", ".join(f"{name} {nbytes / n:,.0f}" for name, (_, nbytes) in files.items()
+                        if nbytes >= 0.01 * r["disk_B"] * n)  # fmt: skip
         lines.append(f"- {label}: build {r['build_s']:.0f} s, latency timed {r['timed']}, page "
-                     f"cache after warm runs {cached:,.0f} B/item{extra}")  # fmt: skip
+                     f"cache after warm runs {cached:,.0f} B/item{extra}; disk B/item by file: "
+                     f"{big}")  # fmt: skip
     diskann = [r for r in peer_rows.values() if r["peer"].startswith("diskann")]
     if diskann:
         lines += ["", "DiskANN runs in a worker process under its own venv (diskannpy pins numpy "
@@ -707,13 +712,22 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               default=Path.home() / ".meet-milvus" / "cache" / "bench", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="OUT.json, OUT.md")
+@click.option("--render", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="lay out an earlier OUT.json again (OUT.md, OUT.png) instead of measuring")
 def main(**o) -> None:  # fmt: skip
     """Measure the product's search paths beside exact search and ANN libraries."""
+    if o["render"]:
+        res = json.loads(o["render"].read_text())
+        o["out"].with_suffix(".md").write_text(markdown(res))
+        plot(res, o["out"].with_suffix(".png"))
+        click.echo(markdown(res))
+        return
     run = run_of(o)
     o["cache_dir"].mkdir(parents=True, exist_ok=True)
     res: dict = {
         "command": "python -m benchmarks.bench_cascade " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in o.items() if k != "no_server_side"),
+            f"--{k.replace('_', '-')} {v}" for k, v in o.items()
+            if k not in ("no_server_side", "render")),
         "machine": f"{faiss.omp_get_max_threads()} CPU threads, {platform.machine()}",
         "run": asdict(run),
         "load_start": load_avg(),
