@@ -723,11 +723,12 @@ def main(**o) -> None:  # fmt: skip
         click.echo(markdown(res))
         return
     run = run_of(o)
+    flag = {p.name: p.opts[0] for p in main.params}  # as typed: --meet, not --meet-settings
     o["cache_dir"].mkdir(parents=True, exist_ok=True)
     res: dict = {
         "command": "python -m benchmarks.bench_cascade " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in o.items()
-            if k not in ("no_server_side", "render")),
+            f"{flag[k]} {v}" for k, v in o.items() if k not in ("no_server_side", "render"))
+        + (" --no-server-side" if o["no_server_side"] else ""),
         "machine": f"{faiss.omp_get_max_threads()} CPU threads, {platform.machine()}",
         "run": asdict(run),
         "load_start": load_avg(),
