@@ -38,6 +38,7 @@ import faiss
 import hnswlib
 import numpy as np
 
+from benchmarks import peers
 from benchmarks.measure import (
     batched,
     kept,
@@ -87,6 +88,19 @@ class Run:
     hnsw_ef_construction: int
     hnsw_ef: tuple[int, ...]
     server_side: bool
+    peers: tuple[str, ...] = ()  # of PEERS
+    diskann_r: int = 64  # graph degree
+    diskann_build_l: int = 100  # candidate list while building
+    diskann_pq: int = 64  # bytes of PQ code per item in RAM
+    diskann_l: tuple[int, ...] = (50, 100)  # candidate list while searching
+    diskann_w: int = 4  # beam width: sector reads issued together
+    pq_m: int = 64  # bytes of PQ code per item (faiss IVF-PQ, LanceDB IVF_PQ)
+    ivfpq_nprobe: float = 0.03  # faiss IVF-PQ: fraction of the lists scanned
+    lance_nprobe: float = 0.10  # LanceDB: fraction of the partitions scanned
+    lance_refine: int = 30  # LanceDB: refine_factor (exact rescoring of refine × k)
+
+
+PEERS = ("diskann", "faiss-ivfpq", "lance")
 
 
 # -- the gallery in Milvus and its tier ---------------------------------------------------------
@@ -260,14 +274,14 @@ def measure_faiss_refine(path: Path, nprobe: int, g: SyntheticGallery, run: Run)
 
 
 def cold(cascade: Cascade, tier: LocalTier, queries: Encoded, n: int) -> dict:
-    """p50 with the tier's on-disk files evicted from the page cache before every query."""
+    """Latency with the tier's on-disk files evicted from the page cache before every query."""
     lat = []
     for i in range(n):
         tier.drop_page_cache()
         start = time.perf_counter()
         cascade(queries[i : i + 1])
         lat.append(time.perf_counter() - start)
-    return {"p50_ms": 1e3 * float(np.median(lat)), "p95_ms": 1e3 * float(np.percentile(lat, 95))}
+    return latency_stats(lat)
 
 
 def hnsw_index(g: SyntheticGallery, run: Run, cache: Path) -> tuple[Path, float]:
@@ -303,10 +317,31 @@ def faiss_refine_index(tier: LocalTier, path: Path) -> tuple[Path, float]:
 # -- one gallery size -------------------------------------------------------------------------
 
 
-def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path) -> dict:
+@dataclass
+class Size:
+    """One gallery size's shared state while its methods are measured."""
+
+    n: int
+    run: Run
+    g: SyntheticGallery
+    queries: Encoded
+    client: object
+    gallery: object
+    tier: LocalTier
+    cache: Path
+    work: Path
+    qfile: Path
+    books: Path
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.g.truth_ids
+
+
+def prepare(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path):
+    """The gallery in Milvus, its local tier, the queries on disk for the RSS probes; a fresh
+    server with nothing loaded. Returns (Size, the size's record, server, settings)."""
     g = generate(SyntheticSpec(n_items=n, n_queries=run.queries), cache)
-    truth = g.truth_ids
-    queries = encoded_queries(g)
     name = f"syn_{n // 1000}k"
     client, server, settings = milvus(data_dir, port)
     out: dict = {"items": n, "queries": run.queries, "spec": asdict(g.spec)}
@@ -322,89 +357,188 @@ def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: P
              hash=g.q_hash_codes[: run.eval_queries])  # fmt: skip
     books = work / f"codebooks-{n}.npy"
     np.save(books, g.codebooks)
-    methods: dict[str, dict] = {}
-
     # Server state while the client-side methods run: none of the gallery's collections loaded.
     client = restart(server, settings)
-    pid = server.status().pid
-    server_idle = settle_rss(pid, 10.0)
+    size = Size(n, run, g, encoded_queries(g), client, gallery, tier, cache, work, qfile, books)
+    return size, out, server, settings
 
-    methods["exact (torch, RAM)"] = measure_exact(g, run)
 
-    # hnswlib
-    path, build = hnsw_index(g, run, cache)
+def bench_libraries(s: Size) -> dict[str, dict]:
+    """Exact search, hnswlib and faiss IVF-RaBitQ + refine, all in RAM."""
+    g, run, n = s.g, s.run, s.n
+    methods = {"exact (torch, RAM)": measure_exact(g, run)}
+    path, build = hnsw_index(g, run, s.cache)
     for ef in run.hnsw_ef:
         index = hnswlib.Index(space="ip", dim=g.spec.dim)
         index.load_index(str(path))
         index.set_ef(ef)
         index.set_num_threads(2)
-        res = measure_fn(lambda rows, ix=index: ix.knn_query(g.q_dense[rows], k=K)[0], truth, run)
+        res = measure_fn(lambda rows, ix=index: ix.knn_query(g.q_dense[rows], k=K)[0], s.truth,
+                         run)  # fmt: skip
         mem = probe_rss({"method": "hnswlib", "index": str(path), "dim": g.spec.dim, "ef": ef,
-                         "k": K, "queries": str(qfile)})  # fmt: skip
-        methods[f"hnswlib M={run.hnsw_m} ef={ef} (RAM)"] = res | {
-            "client_B": mem["rss_bytes"] / n, "server_B": 0.0, "build_s": build}
+                         "k": K, "queries": str(s.qfile)})  # fmt: skip
+        methods[f"hnswlib M={run.hnsw_m} ef={ef} (RAM)"] = res | client_bytes(mem, n) | {
+            "server_B": 0.0, "build_s": build}
         del index
-
-    # faiss IVF-RaBitQ + refine in RAM
-    nlist = tier.info["ann"]["nlist"]
-    fpath, fbuild = faiss_refine_index(tier, work / f"refine-{n}.faiss")
-    default_probe = run.ann_nprobe[len(run.ann_nprobe) // 2]
-    nprobe = max(1, round(default_probe * nlist))
+    nlist = s.tier.info["ann"]["nlist"]
+    fpath, fbuild = faiss_refine_index(s.tier, s.work / f"refine-{n}.faiss")
+    nprobe = max(1, round(default_probe(run) * nlist))
     res = measure_faiss_refine(fpath, nprobe, g, run)
-    mem = probe_rss({"method": "faiss", "index": str(fpath), "k": K, "queries": str(qfile)})
-    methods[f"faiss IVF{nlist}-RaBitQ nprobe={nprobe} + refine {run.ann_keep} (RAM)"] = res | {
-        "client_B": mem["rss_bytes"] / n, "server_B": 0.0, "build_s": fbuild}
+    mem = probe_rss({"method": "faiss", "index": str(fpath), "k": K, "queries": str(s.qfile)})
+    label = f"faiss IVF{nlist}-RaBitQ nprobe={nprobe} + refine {run.ann_keep} (RAM)"
+    methods[label] = res | client_bytes(mem, n) | {"server_B": 0.0, "build_s": fbuild}
     fpath.unlink()
+    return methods
 
-    # The product, client-side: ANN -> exact from disk.
+
+def default_probe(run: Run) -> float:
+    """The product's default setting: the middle of --ann-nprobe (threads measured there)."""
+    return run.ann_nprobe[len(run.ann_nprobe) // 2]
+
+
+def product_cascades(s: Size) -> list[tuple[str, Cascade, dict]]:
+    """The product's client-side paths: (label, cascade, the RSS probe's spec)."""
+    run, n, nlist = s.run, s.n, s.tier.info["ann"]["nlist"]
+    out = []
     for frac in run.ann_nprobe:
-        cascade = ann_cascade(client, gallery, tier, frac, run.ann_keep)
-        res = measure_cascade(cascade, queries, truth, run)
-        mem = probe_rss({"method": "ann", "tier": str(tier.path), "nprobe": frac,
-                         "keep": run.ann_keep, "k": K, "queries": str(qfile)})  # fmt: skip
         label = f"product: ANN nprobe={max(1, round(frac * nlist))}/{nlist} -> exact (disk)"
-        methods[label] = res | {"client_B": mem["rss_bytes"] / n, "product": "ann",
-                                "nprobe_fraction": frac}  # fmt: skip
-        if frac == default_probe:
+        probe = {"method": "ann", "tier": str(s.tier.path), "nprobe": frac,
+                 "keep": run.ann_keep, "k": K, "queries": str(s.qfile)}  # fmt: skip
+        out.append((label, ann_cascade(s.client, s.gallery, s.tier, frac, run.ann_keep), probe))
+    for r_frac, q_frac in run.meet_settings:
+        r, q = max(K, round(r_frac * n)), max(K, round(q_frac * n))
+        label = f"product: MEET Hamming R={r} -> PQ Q={q} -> exact (disk)"
+        probe = {"method": "meet", "tier": str(s.tier.path), "R": r, "Q": q, "k": K,
+                 "codebooks": str(s.books), "queries": str(s.qfile)}  # fmt: skip
+        out.append((label, meet_cascade(s.client, s.gallery, s.tier, s.g, r, q), probe))
+    return out
+
+
+def bench_product(s: Size) -> dict[str, dict]:
+    """The product, client-side (ANN or MEET's codes -> exact rescoring read from disk), warm;
+    then each cold, last: evicting the tier's files would slow whatever ran after."""
+    methods, cascades = {}, product_cascades(s)
+    disk_b = tier_disk_bytes(s.tier) / s.n
+    for label, cascade, probe in cascades:
+        res = measure_cascade(cascade, s.queries, s.truth, s.run)
+        mem = probe_rss(probe)
+        methods[label] = res | client_bytes(mem, s.n) | {"disk_B": disk_b,
+                                                          "product": probe["method"]}  # fmt: skip
+        if probe.get("nprobe") == default_probe(s.run):
+            methods[label]["nprobe_fraction"] = probe["nprobe"]
             methods[label]["threads"] = {}
             for t in (1, 2):
                 with threads(t):
                     methods[label]["threads"][str(t)] = measure_cascade(
-                        cascade, queries, truth, run
+                        cascade, s.queries, s.truth, s.run
                     )
-    # The product, client-side: MEET's codes -> exact from disk.
-    for r_frac, q_frac in run.meet_settings:
-        r, q = max(K, round(r_frac * n)), max(K, round(q_frac * n))
-        cascade = meet_cascade(client, gallery, tier, g, r, q)
-        res = measure_cascade(cascade, queries, truth, run)
-        mem = probe_rss({"method": "meet", "tier": str(tier.path), "R": r, "Q": q, "k": K,
-                         "codebooks": str(books), "queries": str(qfile)})  # fmt: skip
-        methods[f"product: MEET Hamming R={r} -> PQ Q={q} -> exact (disk)"] = res | {
-            "client_B": mem["rss_bytes"] / n, "product": "meet"}
-    # Cold reads last: evicting the tier's files would slow whatever ran after.
-    default = next(r for r in methods.values() if "threads" in r)
-    cascade = ann_cascade(client, gallery, tier, default["nprobe_fraction"], run.ann_keep)
-    default["cold"] = cold(cascade, tier, queries, run.cold_queries)
+    for label, cascade, _ in cascades:
+        methods[label]["cold"] = cold(cascade, s.tier, s.queries, s.run.cold_queries)
+    return methods
+
+
+def tier_disk_bytes(tier: LocalTier) -> int:
+    """Every file of the local tier on disk (vectors, codes, ANN index, sources)."""
+    return sum(p.stat().st_size for p in Path(tier.path).rglob("*") if p.is_file())
+
+
+def make_peers(s: Size) -> list[peers.Peer]:
+    """The peers of the run's --peers, each index built (once) under the cache."""
+    run, n = s.run, s.n
+    root = s.cache / f"peers-{n}-{s.g.spec.key()}"
+    nlist = s.tier.info["ann"]["nlist"]  # the product's IVF size: same nprobe fractions
+    out: list[peers.Peer] = []
+    if "diskann" in run.peers:
+        r, build_l, pq = run.diskann_r, run.diskann_build_l, run.diskann_pq
+        tag = f"diskann-R{r}-L{build_l}-PQ{pq}"
+        out += [peers.DiskAnn(root / tag, r, build_l, pq, search_l, run.diskann_w)
+                for search_l in run.diskann_l]  # fmt: skip
+    if "faiss-ivfpq" in run.peers:
+        nprobe = max(1, round(run.ivfpq_nprobe * nlist))
+        out.append(peers.FaissIvfPq(root / f"faiss-IVF{nlist}-PQ{run.pq_m}", nlist, run.pq_m,
+                                    nprobe, run.ann_keep))  # fmt: skip
+    if "lance" in run.peers:
+        parts = max(1, round(np.sqrt(n)))  # Lance's rule of thumb: sqrt(n) partitions
+        nprobes = max(1, round(run.lance_nprobe * parts))
+        out.append(peers.LanceIvfPq(root / f"lance-IVF{parts}-PQ{run.pq_m}", parts, run.pq_m,
+                                    nprobes, run.lance_refine))  # fmt: skip
+    return out
+
+
+def bench_peer(peer: peers.Peer, s: Size) -> dict:
+    """One peer: RSS (a fresh process), warm latency, batch QPS and recall, the share of its
+    files the page cache holds after the warm runs, then cold latency."""
+    click.echo(f"   {peer.label}")
+    built = peer.ensure_built(s.g.dense)
+    files = peer.files()
+    peers.evict(files, sync=True)  # what the warm runs bring into the page cache: see below
+    mem = peer.resident_bytes(s.qfile)
+    peer.open()
+    try:
+        q = s.g.q_dense
+        out = latency_stats(peer.latencies(q[: s.run.latency_queries], K, cold=False))
+        ids, qps = batched(lambda rows: peer.search(q[rows], K), s.run.eval_queries, s.run.batch)
+        out |= qps | {"recall@10": recall_at_k(ids, s.truth[: s.run.eval_queries])}
+        # bytes in the page cache and file size, per file
+        cached = {f.name: [peers.cached_bytes([f]), f.stat().st_size] for f in files}
+        out["page_cache_after_warm"] = cached
+        out["page_cache_after_warm_B"] = sum(b for b, _ in cached.values()) / s.n
+        out["cold"] = latency_stats(peer.latencies(q[: s.run.cold_queries], K, cold=True))
+    finally:
+        peer.close()
+    out |= client_bytes(mem, s.n) | {"disk_B": peers.disk_bytes(files) / s.n, "server_B": 0.0,
+            "build_s": built["build_s"], "files": [f.name for f in files], "peer": peer.tag,
+            "timed": "in process"}  # fmt: skip
+    if isinstance(peer, peers.DiskAnn):
+        out |= {"timed": "inside the worker", "pq_bytes_in_ram": peer.pq_bytes()}
+    return out
+
+
+def client_bytes(mem: dict, n: int) -> dict:
+    """A method's client memory per item from its RSS probe: the RSS growth less its
+    file-backed part (mapped page cache, e.g. a memmap, which the product's pread reads never
+    count either), and that part apart."""
+    file = mem.get("file_bytes", 0)
+    return {"client_B": (mem["rss_bytes"] - file) / n, "mapped_file_B": file / n}
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    lat = np.asarray(seconds)
+    return {"p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+            "mean_ms": 1e3 * float(np.mean(lat)), "latency_queries": len(lat)}  # fmt: skip
+
+
+def bench_server_side(s: Size, pid: int) -> dict[str, dict]:
+    """The product, server-side: the codes and vectors inside Milvus."""
+    need = [s.gallery.collection("image", f) for f in ("hash", "dense")]
+    base = settle_rss(pid, 2.0)
+    for c in need:
+        s.client.load_collection(c)
+    server_b = (settle_rss(pid) - base) / s.n
+    r, q = min(16384, s.n // 8), min(4096, s.n // 32)
+    cascade = meet_cascade(s.client, s.gallery, None, s.g, r, q)
+    res = measure_cascade(cascade, s.queries, s.truth, s.run)
+    codes_b = s.g.pq_codes.nbytes / s.n  # the ADC stage's client-side codes, exact size
+    s.gallery.release(s.client)
+    return {f"server-side: Milvus Hamming R={r} -> PQ Q={q} -> exact in Milvus": res | {
+        "client_B": codes_b, "server_B": server_b, "product": "server"}}
+
+
+def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path) -> dict:
+    s, out, server, _ = prepare(n, run, data_dir, port, cache, work)
+    pid = server.status().pid
+    server_idle = settle_rss(pid, 10.0)
+    methods = bench_libraries(s) | bench_product(s)
+    for peer in make_peers(s):
+        methods[peer.label] = bench_peer(peer, s)
     # The client-side methods loaded nothing into Milvus: its growth meanwhile is their share.
     growth = (settle_rss(pid, 2.0) - server_idle) / n
     out["server_growth_during_client_methods_B"] = growth
     for r in methods.values():
         r.setdefault("server_B", max(0.0, growth))
-
-    # The product, server-side: the codes and vectors inside Milvus.
     if run.server_side:
-        need = [gallery.collection("image", f) for f in ("hash", "dense")]
-        base = settle_rss(pid, 2.0)
-        for c in need:
-            client.load_collection(c)
-        server_b = (settle_rss(pid) - base) / n
-        r, q = min(16384, n // 8), min(4096, n // 32)
-        cascade = meet_cascade(client, gallery, None, g, r, q)
-        res = measure_cascade(cascade, queries, truth, run)
-        codes_b = (g.pq_codes.nbytes) / n  # the ADC stage's client-side codes, exact size
-        methods[f"server-side: Milvus Hamming R={r} -> PQ Q={q} -> exact in Milvus"] = res | {
-            "client_B": codes_b, "server_B": server_b, "product": "server"}
-        gallery.release(client)
+        methods |= bench_server_side(s, pid)
     for r in methods.values():
         r["total_B"] = r["client_B"] + r["server_B"]
     out["methods"] = methods
@@ -425,51 +559,83 @@ def markdown(res: dict) -> str:
         f"{res['run']['latency_queries']} queries, 2 threads unless stated); recall@10 against "
         f"the exact top-10 and QPS over {res['run']['eval_queries']} queries in calls of "
         f"{res['run']['batch']}. Memory: total resident bytes per item = client RSS growth "
-        "(a fresh process opens the method and runs queries) + the Milvus server's RSS growth "
-        "for the collections the method needs loaded.",
+        "(a fresh process opens the method and runs queries; file pages it maps, page cache, "
+        "left out and kept in the JSON as mapped_file_B) + the Milvus server's RSS growth "
+        "for the collections the method needs loaded. Cold: the method's own files evicted from "
+        f"the page cache (posix_fadvise DONTNEED) before each of {res['run']['cold_queries']} "
+        "queries; – for methods that keep everything in RAM. Disk: every file the method keeps "
+        "on disk, per item.",
     ]
     for size in res["sizes"]:
-        exact = next(v for k, v in size["methods"].items() if k.startswith("exact"))
-        lines += [
-            "",
-            f"### {size['items']:,} items",
-            "",
-            "| method | p50 ms | p95 ms | QPS (batch) | × exact QPS | total B/item | "
-            "client B/item | server B/item | recall@10 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for label, r in size["methods"].items():
-            lines.append(
-                f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['qps']:.0f} | "
-                f"{r['qps'] / exact['qps']:.1f} | {r['total_B']:.1f} | {r['client_B']:.1f} | "
-                f"{r['server_B']:.1f} | {r['recall@10']:.3f} |"
-            )
-        lines += ["", "Per stage (p50 ms of one query; share of the exact top-10 kept):", ""]
-        for label, r in size["methods"].items():
-            if "stage_p50_ms" in r:
-                cells = ", ".join(
-                    f"{s} {r['stage_p50_ms'][s]:.2f} ms / {r['kept'][s]:.3f}"
-                    for s in r["stage_p50_ms"]
-                )
-                lines.append(f"- {label}: {cells}")
-        for label, r in size["methods"].items():
-            if "threads" in r:
-                t1, t2 = r["threads"]["1"], r["threads"]["2"]
-                lines += [
-                    "",
-                    f"Threads ({label}): 1 thread p50 {t1['p50_ms']:.2f} ms, "
-                    f"{t1['qps']:.0f} QPS; 2 threads p50 {t2['p50_ms']:.2f} ms, "
-                    f"{t2['qps']:.0f} QPS. Cold page cache (tier files evicted before every "
-                    f"query): p50 {r['cold']['p50_ms']:.2f} ms, p95 {r['cold']['p95_ms']:.2f} ms.",
-                ]
-        t = size["tier"]
-        lines += [
-            "",
-            f"Load through the product's loader {size['load_s']:.0f} s (0: an earlier run's); "
-            f"local tier + ANN index (PCA{t['ann']['pca']}, IVF{t['ann']['nlist']}, RaBitQ) "
-            f"{t.get('build_s', 0):.0f} s.",
-        ]
+        lines += ["", f"### {size['items']:,} items", "", *size_table(size), *size_notes(size)]
     return "\n".join(lines) + "\n"
+
+
+def size_table(size: dict) -> list[str]:
+    exact = next(v for k, v in size["methods"].items() if k.startswith("exact"))
+    lines = [
+        "| method | p50 ms | p95 ms | p50 cold | p95 cold | QPS (batch) | × exact QPS | "
+        "total B/item | client B/item | server B/item | disk B/item | recall@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in size["methods"].items():
+        cold = r.get("cold")
+        p50c, p95c = (f"{cold['p50_ms']:.2f}", f"{cold['p95_ms']:.2f}") if cold else ("–", "–")
+        disk = f"{r['disk_B']:,.0f}" if "disk_B" in r else "–"
+        lines.append(
+            f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {p50c} | {p95c} | "
+            f"{r['qps']:.0f} | {r['qps'] / exact['qps']:.1f} | {r['total_B']:.1f} | "
+            f"{r['client_B']:.1f} | {r['server_B']:.1f} | {disk} | {r['recall@10']:.3f} |"
+        )
+    return lines
+
+
+def size_notes(size: dict) -> list[str]:
+    lines = ["", "Per stage (p50 ms of one query; share of the exact top-10 kept):", ""]
+    for label, r in size["methods"].items():
+        if "stage_p50_ms" in r:
+            cells = ", ".join(f"{s} {r['stage_p50_ms'][s]:.2f} ms / {r['kept'][s]:.3f}"
+                              for s in r["stage_p50_ms"])  # fmt: skip
+            lines.append(f"- {label}: {cells}")
+    for label, r in size["methods"].items():
+        if "threads" in r:
+            t1, t2 = r["threads"]["1"], r["threads"]["2"]
+            lines += ["", f"Threads ({label}): 1 thread p50 {t1['p50_ms']:.2f} ms, "
+                      f"{t1['qps']:.0f} QPS; 2 threads p50 {t2['p50_ms']:.2f} ms, "
+                      f"{t2['qps']:.0f} QPS."]  # fmt: skip
+    peer_rows = {k: r for k, r in size["methods"].items() if "peer" in r}
+    if peer_rows:
+        lines += ["", "Peers (index build once, kept in the cache; page cache after the warm "
+                  "runs, per item, from mincore on the method's files):", ""]  # fmt: skip
+    for label, r in peer_rows.items():
+        extra = f", PQ {r['pq_bytes_in_ram']:.0f} B/item in RAM" if "pq_bytes_in_ram" in r else ""
+        cached = r["page_cache_after_warm_B"]
+        files = r.get("page_cache_after_warm", {})  # name: [bytes cached, file size]
+        n = size["items"]
+        big = ", ".join(f"{name} {nbytes / n:,.0f}" for name, (_, nbytes) in files.items()
+                        if nbytes >= 0.01 * r["disk_B"] * n)  # fmt: skip
+        lines.append(f"- {label}: build {r['build_s']:.0f} s, latency timed {r['timed']}, page "
+                     f"cache after warm runs {cached:,.0f} B/item{extra}; disk B/item by file: "
+                     f"{big}")  # fmt: skip
+    diskann = [r for r in peer_rows.values() if r["peer"].startswith("diskann")]
+    if diskann:
+        lines += ["", "DiskANN runs in a worker process under its own venv (diskannpy pins numpy "
+                  "1.25); its single-query latency is timed inside the worker around diskannpy's "
+                  "search alone, its batch QPS around the call over the pipe."]  # fmt: skip
+        graph = [r["page_cache_after_warm"].get("ann_disk.index", [0, 1]) for r in diskann]
+        share = max(cached / size for cached, size in graph)
+        lines[-1] += (f" Its warm runs left {100 * share:.1f}% of its graph-and-vectors file "
+                      "(ann_disk.index) in the page cache (mincore), having read it all along: "
+                      "it reads with O_DIRECT, past the page cache, so evicting changes nothing "
+                      "there and its cold figures measure the same reads as its warm ones."
+                      if share < 0.01 else
+                      f" Its warm runs left {100 * share:.1f}% of ann_disk.index in the page "
+                      "cache: its reads went through it.")  # fmt: skip
+    t = size["tier"]
+    lines += ["", f"Load through the product's loader {size['load_s']:.0f} s (0: an earlier "
+              f"run's); local tier + ANN index (PCA{t['ann']['pca']}, IVF{t['ann']['nlist']}, "
+              f"RaBitQ) {t.get('build_s', 0):.0f} s."]  # fmt: skip
+    return lines
 
 
 def plot(res: dict, path: Path) -> None:
@@ -527,29 +693,42 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--hnsw-ef-construction", default=100, show_default=True)
 @click.option("--hnsw-ef", default="64,128", show_default=True)
 @click.option("--no-server-side", is_flag=True, help="skip the server-side mode")
+@click.option("--peers", default=",".join(PEERS), show_default=True,
+              help="peer libraries of the product's memory class (benchmarks/peers.py)")
+@click.option("--diskann-r", default=64, show_default=True, help="DiskANN graph degree")
+@click.option("--diskann-build-l", default=100, show_default=True, help="DiskANN build L")
+@click.option("--diskann-pq", default=64, show_default=True, help="DiskANN PQ bytes in RAM")
+@click.option("--diskann-l", default="50,100", show_default=True, help="DiskANN search L")
+@click.option("--diskann-w", default=4, show_default=True, help="DiskANN beam width")
+@click.option("--pq-m", default=64, show_default=True, help="PQ bytes (faiss, LanceDB)")
+@click.option("--ivfpq-nprobe", default=0.03, show_default=True,
+              help="faiss IVF-PQ lists scanned, fraction (refine: --ann-keep)")
+@click.option("--lance-nprobe", default=0.10, show_default=True,
+              help="LanceDB partitions scanned, fraction")
+@click.option("--lance-refine", default=30, show_default=True, help="LanceDB refine_factor")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/tmp/meet-bench"),
               show_default=True, help="the benchmark's own Milvus and tiers")
 @click.option("--port", default=19571, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               default=Path.home() / ".meet-milvus" / "cache" / "bench", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="OUT.json, OUT.md")
+@click.option("--render", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="lay out an earlier OUT.json again (OUT.md, OUT.png) instead of measuring")
 def main(**o) -> None:  # fmt: skip
     """Measure the product's search paths beside exact search and ANN libraries."""
-    run = Run(
-        sizes=tuple(int(x) for x in o["sizes"].split(",")),
-        queries=o["queries"], eval_queries=o["eval_queries"],
-        latency_queries=o["latency_queries"], cold_queries=o["cold_queries"], batch=o["batch"],
-        ann_nprobe=_floats(o["ann_nprobe"]), ann_keep=o["ann_keep"],
-        meet_settings=tuple(tuple(float(v) for v in s.split(":"))
-                            for s in o["meet_settings"].split(",") if s),
-        hnsw_m=o["hnsw_m"], hnsw_ef_construction=o["hnsw_ef_construction"],
-        hnsw_ef=tuple(int(x) for x in o["hnsw_ef"].split(",")),
-        server_side=not o["no_server_side"],
-    )  # fmt: skip
+    if o["render"]:
+        res = json.loads(o["render"].read_text())
+        o["out"].with_suffix(".md").write_text(markdown(res))
+        plot(res, o["out"].with_suffix(".png"))
+        click.echo(markdown(res))
+        return
+    run = run_of(o)
+    flag = {p.name: p.opts[0] for p in main.params}  # as typed: --meet, not --meet-settings
     o["cache_dir"].mkdir(parents=True, exist_ok=True)
     res: dict = {
         "command": "python -m benchmarks.bench_cascade " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in o.items() if k != "no_server_side"),
+            f"{flag[k]} {v}" for k, v in o.items() if k not in ("no_server_side", "render"))
+        + (" --no-server-side" if o["no_server_side"] else ""),
         "machine": f"{faiss.omp_get_max_threads()} CPU threads, {platform.machine()}",
         "run": asdict(run),
         "load_start": load_avg(),
@@ -568,6 +747,30 @@ def main(**o) -> None:  # fmt: skip
             plot(res, out.with_suffix(".png"))
     EmbeddedServer(Settings(data_dir=o["data_dir"], embedded_port=o["port"])).stop()
     click.echo(markdown(res))
+
+
+def run_of(o: dict) -> Run:
+    """The command's options as a Run; an unknown peer is a one-line error."""
+    chosen = tuple(p for p in o["peers"].split(",") if p)
+    unknown = sorted(set(chosen) - set(PEERS))
+    if unknown:
+        raise click.BadParameter(f"unknown peer {', '.join(unknown)} (known: "
+                                 f"{', '.join(PEERS)})", param_hint="--peers")  # fmt: skip
+    return Run(
+        sizes=tuple(int(x) for x in o["sizes"].split(",")),
+        queries=o["queries"], eval_queries=o["eval_queries"],
+        latency_queries=o["latency_queries"], cold_queries=o["cold_queries"], batch=o["batch"],
+        ann_nprobe=_floats(o["ann_nprobe"]), ann_keep=o["ann_keep"],
+        meet_settings=tuple(tuple(float(v) for v in s.split(":"))
+                            for s in o["meet_settings"].split(",") if s),
+        hnsw_m=o["hnsw_m"], hnsw_ef_construction=o["hnsw_ef_construction"],
+        hnsw_ef=tuple(int(x) for x in o["hnsw_ef"].split(",")),
+        server_side=not o["no_server_side"], peers=chosen,
+        diskann_r=o["diskann_r"], diskann_build_l=o["diskann_build_l"],
+        diskann_pq=o["diskann_pq"], diskann_l=tuple(int(x) for x in o["diskann_l"].split(",")),
+        diskann_w=o["diskann_w"], pq_m=o["pq_m"], ivfpq_nprobe=o["ivfpq_nprobe"],
+        lance_nprobe=o["lance_nprobe"], lance_refine=o["lance_refine"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -61,13 +61,14 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], n: int, batch: int) -> tuple
     return np.concatenate(parts), {"qps": n / seconds, "batch": batch, "batch_seconds": seconds}
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of a process (VmRSS: anonymous and file-backed pages it maps)."""
+def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
+    """Resident set size of a process (VmRSS: anonymous and file-backed pages it maps), or
+    another field of /proc/PID/status (RssFile: the file-backed part, page cache it maps)."""
     status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def tree_rss(pid: int) -> int:

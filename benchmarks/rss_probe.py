@@ -3,9 +3,10 @@
     python -m benchmarks.rss_probe '{"method": "ann", "tier": "...", "queries": "q.npz", ...}'
 
 Imports everything any method needs first, reads VmRSS, opens the method (index files, the
-local tier's codes), runs the queries once, and prints {"rss_bytes": growth, ...} as JSON: the
-growth is what the method itself holds, not the interpreter and its libraries. Reads from the
-tier's on-disk files go through pread into the page cache, which is not part of the process.
+local tier's codes), runs the queries once, and prints {"rss_bytes": growth, "file_bytes":
+growth of its file-backed part, ...} as JSON: the growth is what the method itself holds, not
+the interpreter and its libraries. Reads from the tier's on-disk files go through pread into the
+page cache, which is not part of the process; a memmap's pages are, as RssFile (file_bytes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hnswlib
 import numpy as np
 import torch
 
+from benchmarks import peers
 from benchmarks.measure import rss_bytes
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.model.meet_model import Encoded
@@ -39,11 +41,12 @@ def tier_cascade(spec: dict):
     return Cascade([*first, ExactRescore(tier, keep=spec["k"])])
 
 
-def resident() -> int:
-    """RSS after returning freed heap to the OS: what is held, not what malloc keeps around."""
+def resident() -> tuple[int, int]:
+    """(RSS, its file-backed part) after returning freed heap to the OS: what is held, not what
+    malloc keeps around."""
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return rss_bytes()
+    return rss_bytes(), rss_bytes(field="RssFile")
 
 
 def warm_libraries(dim: int) -> None:
@@ -62,6 +65,7 @@ def warm_libraries(dim: int) -> None:
     small.add_items(x[:256])
     small.knn_query(x[:4], k=10)
     list(READ_POOL.map(len, [[1]] * 8))
+    peers.warm_lance(dim)
 
 
 def main(spec: dict) -> dict:
@@ -83,6 +87,11 @@ def main(spec: dict) -> dict:
     elif method == "faiss":
         index = faiss.read_index(spec["index"])
         index.search(np.ascontiguousarray(q["dense"]), spec["k"])
+    elif method == "peer":  # benchmarks.peers: a peer library of the product's memory class
+        peer = peers.from_spec(spec["peer"])
+        peer.open()
+        for lo in range(0, len(q["dense"]), 50):
+            peer.search(q["dense"][lo : lo + 50], spec.get("k", 10))
     elif method == "exact":
         gallery = np.load(spec["dense"], mmap_mode="r")
         full = torch.from_numpy(np.asarray(gallery, dtype=np.float32))
@@ -90,7 +99,8 @@ def main(spec: dict) -> dict:
         del gallery
     else:
         raise SystemExit(f"unknown method {method}")
-    return {"method": method, "rss_bytes": resident() - base}
+    rss, file = resident()
+    return {"method": method, "rss_bytes": rss - base[0], "file_bytes": file - base[1]}
 
 
 if __name__ == "__main__":
