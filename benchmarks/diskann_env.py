@@ -1,7 +1,7 @@
 """The separate environment DiskANN runs in: diskannpy 0.7.0 pins numpy==1.25, the product needs
 numpy 2, so the benchmark drives DiskANN in a worker process from its own venv.
 
-    python -m benchmarks.diskann_env            # creates /work/venv-diskann if missing
+    python -m benchmarks.diskann_env    # creates ~/.meet-milvus/cache/venv-diskann if missing
 
 `ensure()` does the same from the benchmark; MEET_DISKANN_VENV moves the venv elsewhere.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
-VENV = Path(os.environ.get("MEET_DISKANN_VENV", "/work/venv-diskann"))
+from meet_milvus.config import DEFAULT_HOME
+
+VENV = Path(os.environ.get("MEET_DISKANN_VENV", DEFAULT_HOME / "cache" / "venv-diskann"))
 # diskannpy's own pin (its wheel metadata: numpy ==1.25); nothing else is installed.
 DISKANNPY = "0.7.0"
 REQUIREMENTS = [f"diskannpy=={DISKANNPY}", "numpy==1.25.*"]
