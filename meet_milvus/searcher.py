@@ -189,9 +189,9 @@ class MeetSearcher:
 
     def _submit(self, call: _Call, kind: object) -> list[list[Hit]]:
         """`call` answered together with the calls of other threads that can share its passes:
-        same direction, kind of query, k, diagnostics and config."""
-        settings = None if call.config is None else call.config.model_dump_json()
-        return self._calls.submit(call, (call.gallery, kind, call.k, call.diagnostics, settings))
+        same direction, kind of query, k, diagnostics and config (frozen: hashed by value)."""
+        group = (call.gallery, kind, call.k, call.diagnostics, call.config)
+        return self._calls.submit(call, group)
 
     def _answer(self, calls: list[_Call]) -> list[list[list[Hit]]]:
         """One batch of like calls: their queries encoded together, searched together."""
