@@ -24,11 +24,12 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from meet_milvus.config import resolve_device
-from meet_milvus.errors import CheckpointError
+from meet_milvus.errors import CheckpointError, ParameterError
 from meet_milvus.files import read_json
 from meet_milvus.model.config import READABLE_VERSIONS, ModelConfig
 from meet_milvus.model.meet_model import MeetModel
 from meet_milvus.model.network import TRANSFORMER_PREFIX, MeetNet, build_net
+from meet_milvus.model.onnx_text import OnnxTextPath
 from meet_milvus.model.quantization import Quantizers
 from meet_milvus.model.text_model import default_text_model, resolve_text_model, text_model_sha
 from meet_milvus.model.vocab import Vocabulary
@@ -161,12 +162,27 @@ def load_network(
 
 
 def load_checkpoint(
-    path: str | Path, device: str = "auto", cache_dir: str | Path | None = None
+    path: str | Path,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    text_runtime: str = "auto",
 ) -> MeetModel:
     """A trained MEET model ready to encode; `device` "auto" picks cuda when present.
-    `cache_dir` caches image files' grid features (the settings' cache dir; None: no cache)."""
+    `cache_dir` caches image files' grid features and the exported text graph (the settings'
+    cache dir; None: no cache). `text_runtime` runs captions through "torch" or "onnx" (ONNX
+    Runtime, CPU only); "auto" takes ONNX Runtime on the CPU for a transformer text encoder."""
     device = resolve_device(device)
+    if text_runtime not in ("auto", "torch", "onnx"):
+        raise ParameterError(f"text runtime {text_runtime!r}: expected auto, torch or onnx")
+    if text_runtime == "onnx" and device != "cpu":
+        raise ParameterError(f"text runtime onnx runs on the CPU, not on {device}")
     net, quantizer, config = load_network(path, device)
     net.eval()
     cache = Path(cache_dir) if cache_dir is not None else None
-    return MeetModel(net, quantizer, config, device, source=Path(path), cache_dir=cache)
+    onnx = text_runtime == "onnx" or (
+        text_runtime == "auto" and device == "cpu" and config.text_encoder == "bert"
+    )
+    text_path = OnnxTextPath(net, config.fingerprint, cache) if onnx else None
+    return MeetModel(
+        net, quantizer, config, device, source=Path(path), cache_dir=cache, text_path=text_path
+    )

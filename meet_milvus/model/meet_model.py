@@ -17,11 +17,14 @@ from meet_milvus.model.config import ModelConfig
 from meet_milvus.model.features import GridFeatureExtractor
 from meet_milvus.model.hashing import pack_codes
 from meet_milvus.model.network import MeetNet
+from meet_milvus.model.onnx_text import OnnxTextPath
 from meet_milvus.model.quantization import Quantizers
 from meet_milvus.progress import progress_bar
 
 # Captions -> encoder inputs (token ids, or the trainer's cached token states).
 TextBatcher = Callable[[list[str]], dict[str, Tensor]]
+# Encoder inputs -> (dense, hash head): `MeetNet.encode_text` or an `OnnxTextPath`.
+TextPath = Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -47,7 +50,8 @@ class MeetModel:
     """Encoders, hash heads and PQ codebooks of one checkpoint, on one device.
 
     Built by `meet_milvus.model.load_checkpoint`; the trainer also wraps its live network in one to
-    validate. `text_batcher` overrides how captions become encoder inputs (the trainer's cache).
+    validate. `text_batcher` overrides how captions become encoder inputs (the trainer's cache);
+    `text_path` what runs them (a checkpoint on the CPU: ONNX Runtime, `load_checkpoint`).
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class MeetModel:
         text_batcher: TextBatcher | None = None,
         source: Path | None = None,
         cache_dir: Path | None = None,
+        text_path: TextPath | None = None,
     ) -> None:
         self.net = net
         self.quantizer = quantizer
@@ -67,6 +72,8 @@ class MeetModel:
         self.source = source
         self.cache_dir = cache_dir  # where image files' grid features are cached (None: not)
         self._text_batcher = text_batcher or net.text_encoder.tokenize
+        # What runs the text path: the network itself, or the same graph in ONNX Runtime.
+        self._text_path = text_path or net.encode_text
 
     @property
     def codebooks(self) -> np.ndarray:
@@ -90,6 +97,8 @@ class MeetModel:
         lazy = getattr(self.net.text_encoder, "_lazy", None)
         if lazy is not None:
             lazy.get()
+        if isinstance(self._text_path, OnnxTextPath):
+            self._text_path.load()
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per caption before truncation (compare with `max_text_len`)."""
@@ -112,7 +121,7 @@ class MeetModel:
             batch_size,
             progress,
             "text",
-            lambda s, e: self.net.encode_text(
+            lambda s, e: self._text_path(
                 {k: v.to(self.device) for k, v in self._text_batcher(texts[s:e]).items()}
             ),
         )
