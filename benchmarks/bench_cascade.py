@@ -56,6 +56,7 @@ from meet_milvus.cascade import (
     Cascade,
     ExactRescore,
     HammingFilter,
+    MilvusAnn,
     QuantizedFilter,
 )
 from meet_milvus.config import Settings
@@ -83,11 +84,13 @@ class Run:
     batch: int
     ann_nprobe: tuple[float, ...]  # fractions of the IVF lists
     ann_keep: int
+    ann_keep_also: tuple[int, ...]  # other survivor counts, at the middle nprobe
     meet_settings: tuple[tuple[float, float], ...]  # (R, Q) as fractions of the gallery
     hnsw_m: int
     hnsw_ef_construction: int
     hnsw_ef: tuple[int, ...]
     server_side: bool
+    server_ef: tuple[int, ...] = (100, 300)  # the server-side HNSW's candidate lists
     peers: tuple[str, ...] = ()  # of PEERS
     diskann_r: int = 64  # graph degree
     diskann_build_l: int = 100  # candidate list while building
@@ -405,6 +408,13 @@ def product_cascades(s: Size) -> list[tuple[str, Cascade, dict]]:
         probe = {"method": "ann", "tier": str(s.tier.path), "nprobe": frac,
                  "keep": run.ann_keep, "k": K, "queries": str(s.qfile)}  # fmt: skip
         out.append((label, ann_cascade(s.client, s.gallery, s.tier, frac, run.ann_keep), probe))
+    for keep in run.ann_keep_also:  # fewer survivors: fewer reads from disk, cold above all
+        frac = default_probe(run)
+        label = (f"product: ANN nprobe={max(1, round(frac * nlist))}/{nlist}, {keep} survivors "
+                 "-> exact (disk)")  # fmt: skip
+        probe = {"method": "ann", "tier": str(s.tier.path), "nprobe": frac, "keep": keep,
+                 "k": K, "queries": str(s.qfile), "extra": True}  # fmt: skip
+        out.append((label, ann_cascade(s.client, s.gallery, s.tier, frac, keep), probe))
     for r_frac, q_frac in run.meet_settings:
         r, q = max(K, round(r_frac * n)), max(K, round(q_frac * n))
         label = f"product: MEET Hamming R={r} -> PQ Q={q} -> exact (disk)"
@@ -424,7 +434,7 @@ def bench_product(s: Size) -> dict[str, dict]:
         mem = probe_rss(probe)
         methods[label] = res | client_bytes(mem, s.n) | {"disk_B": disk_b,
                                                           "product": probe["method"]}  # fmt: skip
-        if probe.get("nprobe") == default_probe(s.run):
+        if probe.get("nprobe") == default_probe(s.run) and not probe.get("extra"):
             methods[label]["nprobe_fraction"] = probe["nprobe"]
             methods[label]["threads"] = {}
             for t in (1, 2):
@@ -512,17 +522,45 @@ def latency_stats(seconds: list[float]) -> dict:
 def bench_server_side(s: Size, pid: int) -> dict[str, dict]:
     """The product, server-side: the codes and vectors inside Milvus."""
     need = [s.gallery.collection("image", f) for f in ("hash", "dense")]
-    base = settle_rss(pid, 2.0)
+    anon, rss = settle_rss(pid, 2.0, "RssAnon"), settle_rss(pid, 0.0)
     for c in need:
         s.client.load_collection(c)
-    server_b = (settle_rss(pid) - base) / s.n
+    server_b = (settle_rss(pid, 4.0, "RssAnon") - anon) / s.n
+    file_b = (settle_rss(pid, 0.0) - rss) / s.n - server_b
     r, q = min(16384, s.n // 8), min(4096, s.n // 32)
     cascade = meet_cascade(s.client, s.gallery, None, s.g, r, q)
     res = measure_cascade(cascade, s.queries, s.truth, s.run)
     codes_b = s.g.pq_codes.nbytes / s.n  # the ADC stage's client-side codes, exact size
     s.gallery.release(s.client)
     return {f"server-side: Milvus Hamming R={r} -> PQ Q={q} -> exact in Milvus": res | {
-        "client_B": codes_b, "server_B": server_b, "product": "server"}}
+        "client_B": codes_b, "server_B": server_b, "server_page_cache_B": file_b,
+        "product": "server"}}
+
+
+def bench_server_ann(s: Size, pid: int) -> dict[str, dict]:
+    """The product's server-side ANN: Milvus's HNSW on the dense field, exact scores from the
+    index, nothing on the client. A gallery made before HNSW gets it first (timed)."""
+    out: dict[str, dict] = {}
+    build = 0.0
+    if s.gallery.dense_index(s.client, "image") != "HNSW":
+        start = time.perf_counter()
+        cols.rebuild_dense_index(s.client, s.gallery, "HNSW")
+        build = time.perf_counter() - start
+    name = s.gallery.collection("image", "dense")
+    anon, rss = settle_rss(pid, 2.0, "RssAnon"), settle_rss(pid, 0.0)
+    s.gallery.ensure_loaded(s.client, name)
+    anon_b = (settle_rss(pid, 4.0, "RssAnon") - anon) / s.n
+    file_b = (settle_rss(pid, 0.0) - rss) / s.n - anon_b
+    side = MilvusSide(s.client, s.gallery, "image")
+    store = MilvusReader(side)
+    for ef in s.run.server_ef:
+        cascade = Cascade([MilvusAnn(store, keep=K, ef=ef, milvus=side)])
+        res = measure_cascade(cascade, s.queries, s.truth, s.run)
+        out[f"server-side: Milvus HNSW ef={ef}"] = res | {
+            "client_B": 0.0, "server_B": anon_b, "server_page_cache_B": file_b,
+            "hnsw_build_s": build, "product": "server"}  # fmt: skip
+    s.gallery.release(s.client)
+    return out
 
 
 def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path) -> dict:
@@ -539,6 +577,7 @@ def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: P
         r.setdefault("server_B", max(0.0, growth))
     if run.server_side:
         methods |= bench_server_side(s, pid)
+        methods |= bench_server_ann(s, pid)
     for r in methods.values():
         r["total_B"] = r["client_B"] + r["server_B"]
     out["methods"] = methods
@@ -603,6 +642,13 @@ def size_notes(size: dict) -> list[str]:
             lines += ["", f"Threads ({label}): 1 thread p50 {t1['p50_ms']:.2f} ms, "
                       f"{t1['qps']:.0f} QPS; 2 threads p50 {t2['p50_ms']:.2f} ms, "
                       f"{t2['qps']:.0f} QPS."]  # fmt: skip
+    mapped = {k: r for k, r in size["methods"].items() if "server_page_cache_B" in r}
+    if mapped:
+        lines += ["", "Server-side rows: server B/item is Milvus's anonymous memory (RssAnon); "
+                  "file pages it maps come on top, as page cache the kernel can reclaim:", ""]
+    for label, r in mapped.items():
+        build = f", HNSW built in {r['hnsw_build_s']:.0f} s" if r.get("hnsw_build_s") else ""
+        lines.append(f"- {label}: {r['server_page_cache_B']:,.0f} B/item mapped{build}")
     peer_rows = {k: r for k, r in size["methods"].items() if "peer" in r}
     if peer_rows:
         lines += ["", "Peers (index build once, kept in the cache; page cache after the warm "
@@ -687,12 +733,16 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--ann-nprobe", default="0.02,0.04,0.08", show_default=True,
               help="IVF lists scanned, as fractions; the middle one also runs 1/2 threads, cold")
 @click.option("--ann-keep", default=300, show_default=True, help="candidates rescored exactly")
+@click.option("--ann-keep-also", default="", show_default=True,
+              help="other survivor counts to run at the middle nprobe (e.g. 100,150)")
 @click.option("--meet", "meet_settings", default="0.125:0.008,0.0625:0.004", show_default=True,
               help="MEET cascades R:Q as fractions of the gallery")
 @click.option("--hnsw-m", default=16, show_default=True)
 @click.option("--hnsw-ef-construction", default=100, show_default=True)
 @click.option("--hnsw-ef", default="64,128", show_default=True)
-@click.option("--no-server-side", is_flag=True, help="skip the server-side mode")
+@click.option("--no-server-side", is_flag=True, help="skip the server-side modes")
+@click.option("--server-ef", default="100,300", show_default=True,
+              help="ef of the server-side HNSW (the dense field in Milvus)")
 @click.option("--peers", default=",".join(PEERS), show_default=True,
               help="peer libraries of the product's memory class (benchmarks/peers.py)")
 @click.option("--diskann-r", default=64, show_default=True, help="DiskANN graph degree")
@@ -761,11 +811,13 @@ def run_of(o: dict) -> Run:
         queries=o["queries"], eval_queries=o["eval_queries"],
         latency_queries=o["latency_queries"], cold_queries=o["cold_queries"], batch=o["batch"],
         ann_nprobe=_floats(o["ann_nprobe"]), ann_keep=o["ann_keep"],
+        ann_keep_also=tuple(int(x) for x in o["ann_keep_also"].split(",") if x),
         meet_settings=tuple(tuple(float(v) for v in s.split(":"))
                             for s in o["meet_settings"].split(",") if s),
         hnsw_m=o["hnsw_m"], hnsw_ef_construction=o["hnsw_ef_construction"],
         hnsw_ef=tuple(int(x) for x in o["hnsw_ef"].split(",")),
         server_side=not o["no_server_side"], peers=chosen,
+        server_ef=tuple(int(x) for x in o["server_ef"].split(",")),
         diskann_r=o["diskann_r"], diskann_build_l=o["diskann_build_l"],
         diskann_pq=o["diskann_pq"], diskann_l=tuple(int(x) for x in o["diskann_l"].split(",")),
         diskann_w=o["diskann_w"], pq_m=o["pq_m"], ivfpq_nprobe=o["ivfpq_nprobe"],

@@ -71,8 +71,9 @@ def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-def tree_rss(pid: int) -> int:
-    """RSS of a process and all its descendants (a server may run under a launcher)."""
+def tree_rss(pid: int, field: str = "VmRSS") -> int:
+    """RSS of a process and all its descendants (a server may run under a launcher); `field`
+    as in `rss_bytes` (RssAnon: its own memory, no page cache)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -84,18 +85,18 @@ def tree_rss(pid: int) -> int:
     while todo:
         p = todo.pop()
         try:
-            total += rss_bytes(p)
+            total += rss_bytes(p, field)
         except (OSError, RuntimeError):
             continue  # exited meanwhile
         todo += children.get(p, [])
     return total
 
 
-def settle_rss(pid: int, seconds: float = 4.0) -> int:
+def settle_rss(pid: int, seconds: float = 4.0, field: str = "VmRSS") -> int:
     """A server's RSS (its whole process tree) once it stops moving: Milvus frees load buffers
     a little after a load."""
     time.sleep(seconds)
-    return tree_rss(pid)
+    return tree_rss(pid, field)
 
 
 def load_avg() -> list[float]:

@@ -11,6 +11,8 @@ ranked candidates: FAISS-style (nq, n) arrays of ids (-1 where a row ran short) 
                     MEET's own codes (`adc`, default) or Milvus IVF_PQ filtered by id (`milvus`)
     AnnFilter       approximate dense similarity from the local tier's ANN index (IVF over RaBitQ
                     codes of a PCA-reduced dense vector) -> top Q, as a first stage
+    MilvusAnn       the server-side counterpart: Milvus's HNSW on the dense field -> top k with
+                    exact scores, as a first stage
     ExactRescore    exact dense dot product of the survivors -> top k: their vectors read from
                     the store (`read`), or a Milvus search filtered to their ids (`search`)
     Rerank          consistency + complementarity over the top z (meet_milvus.rerank)
@@ -36,6 +38,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from meet_milvus.errors import ParameterError
+from meet_milvus.gallery_layout import HNSW_EXACT_SHARE
 from meet_milvus.milvus_arrays import MAX_TOPK
 from meet_milvus.model.meet_model import Encoded
 from meet_milvus.model.quantization import adc_scores, adc_tables
@@ -322,6 +325,31 @@ class AnnFilter(_GalleryStage):
         return Candidates(ids, scores)
 
 
+class MilvusAnn(_GalleryStage):
+    """Stage 1 of the server-side mode on large galleries: Milvus's HNSW index on the dense
+    field, top `keep` by inner product, `ef` candidates examined (at least `keep`). HNSW keeps
+    the vectors, so the scores of the hits it finds are exact: no rescoring stage follows, and
+    no vector leaves the server. Deleted items are deleted in Milvus too: never returned."""
+
+    name = "ann"
+
+    def __init__(
+        self, store: GalleryReader, *, keep: int, ef: int, milvus: MilvusSide | None = None
+    ) -> None:
+        super().__init__(store, milvus)
+        self.keep, self.ef = keep, ef
+
+    def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
+        if candidates is not None:
+            raise ParameterError("MilvusAnn searches the whole gallery: put it first")
+        limit = resolve_keep(self.keep, max(self._live(), 1))
+        ids, dist = self._side("the server-side ANN").search(
+            "dense", np.asarray(queries.dense, np.float32), limit, "IP",
+            {"ef": min(MAX_TOPK, max(self.ef, limit))},
+        )  # fmt: skip
+        return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+
+
 class ExactRescore(_GalleryStage):
     """Stage 3: exact dense similarity of the survivors, top k.
 
@@ -331,12 +359,19 @@ class ExactRescore(_GalleryStage):
     travel back. `auto`: `read` from the local tier; from Milvus, `read` when a batch's
     survivors overlap (a small gallery), else `search`: fetching a dense vector through a
     Milvus query costs about as much as filtering and scoring FETCH_COST ids in a search
-    (benchmarks/bench_client.py times both). As a first stage it is exact brute-force search in
-    Milvus (FLAT index, inner product).
+    (benchmarks/bench_client.py times both). A filtered search scores every survivor only on
+    FLAT, or on HNSW (`dense_index`) when the survivors are a small share of the gallery
+    (HNSW_EXACT_SHARE); otherwise `auto` reads.
+
+    As a first stage it is exact brute-force search: a scan of the local tier's vectors, or a
+    Milvus search of a FLAT dense field; on an HNSW field Milvus answers from its graph (ef =
+    FIRST_EF_FACTOR times k), which is approximate.
     """
 
     name = "dense"
     FETCH_COST = 8
+    FIRST_EF_FACTOR = 4
+    SCAN_ROWS = 16384  # the first stage's scan reads the tier's vectors in blocks of this many
 
     def __init__(
         self,
@@ -345,21 +380,19 @@ class ExactRescore(_GalleryStage):
         keep: Keep,
         mode: Literal["auto", "read", "search"] = "auto",
         milvus: MilvusSide | None = None,
+        dense_index: str = "FLAT",
     ) -> None:
         super().__init__(store, milvus)
         if mode not in ("auto", "read", "search"):
             raise ParameterError(f"exact stage mode '{mode}': use 'auto', 'read' or 'search'")
         self.keep = keep
         self.mode = mode
+        self.dense_index = dense_index
 
     def __call__(self, queries: Encoded, candidates: Candidates | None = None) -> Candidates:
         dense = np.asarray(queries.dense, dtype=np.float32)
         if candidates is None:
-            limit = resolve_keep(self.keep, max(self._live(), 1))
-            ids, dist = self._side("the exact stage as a first stage").search(
-                "dense", dense, limit, "IP"
-            )
-            return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+            return self._first(dense)
         limit = resolve_keep(self.keep, candidates.width)
         ids = candidates.ids
         valid = ids >= 0
@@ -370,7 +403,9 @@ class ExactRescore(_GalleryStage):
         if mode == "auto":
             remote = getattr(self.store, "remote", False)
             overlap = len(unique) * self.FETCH_COST < valid.sum()
-            mode = "search" if remote and not overlap else "read"
+            share = 1.0 if self.dense_index == "FLAT" else HNSW_EXACT_SHARE
+            few = valid.sum(axis=1).max() <= share * max(self._live(), 1)
+            mode = "search" if remote and not overlap and few else "read"
         if mode == "search":
             return self._search(dense, ids, limit)
         vectors = np.asarray(self.store.dense(unique), np.float32)
@@ -382,6 +417,32 @@ class ExactRescore(_GalleryStage):
         sims = dense @ vectors.T  # (nq, unique)
         scores = np.take_along_axis(sims, inverse.reshape(ids.shape), axis=1)
         return Candidates.top(ids, scores, limit)
+
+    def _first(self, dense: np.ndarray) -> Candidates:
+        """Brute force over the whole gallery: the local tier scanned, or Milvus's search."""
+        limit = resolve_keep(self.keep, max(self._live(), 1))
+        if not getattr(self.store, "remote", False):
+            dead = self.store.dead()
+            best = Candidates(np.full((len(dense), 0), -1, np.int64), np.zeros((len(dense), 0),
+                              np.float32))  # fmt: skip
+            for lo in range(0, self.store.rows, self.SCAN_ROWS):
+                block = np.arange(lo, min(self.store.rows, lo + self.SCAN_ROWS))
+                if dead is not None:
+                    block = block[~dead[block]]
+                if not len(block):
+                    continue
+                scores = dense @ np.asarray(self.store.dense(block), np.float32).T
+                ids = np.broadcast_to(block, scores.shape)
+                best = Candidates.top(np.hstack([best.ids, ids]),
+                                      np.hstack([best.scores, scores]), limit)  # fmt: skip
+            return best
+        params = None
+        if self.dense_index != "FLAT":
+            params = {"ef": min(MAX_TOPK, self.FIRST_EF_FACTOR * limit)}
+        ids, dist = self._side("the exact stage as a first stage").search(
+            "dense", dense, limit, "IP", params
+        )
+        return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
 
     def _search(self, dense: np.ndarray, ids: np.ndarray, limit: int) -> Candidates:
         side = self._side("mode 'search'")

@@ -6,7 +6,7 @@ modality has one primary key (its position in the source split) and these fields
     hash        BINARY_VECTOR(H)    packed sign bits of the hash head   BIN_IVF_FLAT, HAMMING
     head        FLOAT_VECTOR(H)     hash-head outputs (tanh)            IVF_PQ m=M nbits=K, IP
     codes       ARRAY<INT16>(M)     MEET's own PQ codes of `head`       (client-side ADC)
-    dense       FLOAT_VECTOR(D)     l2-normalised embedding             FLAT, IP (exact)
+    dense       FLOAT_VECTOR(D)     l2-normalised embedding             HNSW, IP
     source      VARCHAR             image path or caption text
     external_id VARCHAR             the item's name outside Milvus
     digest      VARCHAR             the item's content hash (`meet-milvus index`: re-encode a
@@ -25,8 +25,9 @@ Item ids are given out in order and never reused while in use: `rows` below is t
 load wrote, not the number a gallery holds now.
 
 Index family (`GalleryMeta.indexes`), by what the server accepts: `ivf` (BIN_IVF_FLAT on
-`hash`, IVF_PQ on `head`) on a Milvus server; `flat` (BIN_FLAT, FLAT: exact) on Milvus Lite, a
-local `.db` file, whose local mode refuses the IVF indexes ("local mode only support BIN_FLAT").
+`hash`, IVF_PQ on `head`, HNSW on `dense`; galleries made before HNSW have FLAT there) on a
+Milvus server; `flat` (BIN_FLAT, FLAT: exact) on Milvus Lite, a local `.db` file, whose local
+mode refuses the IVF indexes ("local mode only support BIN_FLAT").
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ T = TypeVar("T")
 Modality = Literal["image", "text"]
 LayoutKind = Literal["split", "multi"]
 IndexFamily = Literal["ivf", "flat"]
+# The dense field's HNSW on a Milvus server: the server-side ANN (cascade.MilvusAnn). It keeps
+# the vectors, so its hits come with exact scores, and a search filtered to a few ids scores
+# them all exactly (the exact stage). M and efConstruction as the hnswlib rows of
+# `python -m benchmarks.bench_cascade` (README, "The server-side mode").
+DENSE_HNSW = {"M": 16, "efConstruction": 100}
+# A search filtered to a few ids scores them by brute force, exactly, only while they are a
+# small share of the items (knowhere switches from the graph at 93% filtered out; survivors of
+# 6% and 5% came back exact, of 20% not: tests/test_tier_milvus.py).
+HNSW_EXACT_SHARE = 0.05
 # What `meet_milvus.server.server_version` reports for Milvus Lite, which answers no version
 # request; it is Milvus 2.4+ inside (one collection takes several vector fields).
 MILVUS_LITE = "milvus-lite"
@@ -215,8 +225,31 @@ def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
             params=pq if ivf else {},
         )  # fmt: skip
     if "dense" in fields:
-        params.add_index("dense", index_type="FLAT", metric_type="IP")
+        params.add_index(
+            "dense", index_type="HNSW" if ivf else "FLAT", metric_type="IP",
+            params=DENSE_HNSW if ivf else {},
+        )  # fmt: skip
     return params
+
+
+def rebuild_dense_index(client: MilvusClient, gallery: Gallery, index_type: str) -> None:
+    """Give a gallery's dense field another index ("HNSW" or "FLAT"): a gallery made before
+    the dense field had HNSW gets the server-side ANN (`filter="ann"`, tier server). Its
+    collections are released meanwhile (searches of them wait for the next load)."""
+    if index_type not in ("HNSW", "FLAT"):
+        raise ParameterError(f"dense index {index_type!r}: use HNSW or FLAT")
+    for modality in MODALITIES:
+        name = gallery.collection(modality, "dense")
+        client.release_collection(name)
+        gallery.loaded.discard(name)
+        gallery.dense_indexes.pop(modality, None)
+        client.drop_index(name, "dense")
+        params = client.prepare_index_params()
+        params.add_index(
+            "dense", index_type=index_type, metric_type="IP",
+            params=DENSE_HNSW if index_type == "HNSW" else {},
+        )  # fmt: skip
+        client.create_index(name, params)
 
 
 def create(client: MilvusClient, meta: GalleryMeta) -> list[str]:
@@ -274,6 +307,7 @@ class Gallery:
     # Collections this process has loaded: a searcher that reads the local tier needs none of
     # them in Milvus memory, so each is loaded only when a stage first queries it.
     loaded: set[str] = field(default_factory=set, compare=False, repr=False)
+    dense_indexes: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def collection(self, modality: Modality, field: str) -> str:
         return self.layout.collection(self.name, modality, field)
@@ -286,6 +320,15 @@ class Gallery:
 
     def collections(self) -> list[str]:
         return [n for m in MODALITIES for n in self.layout.collections(self.name, m)]
+
+    def dense_index(self, client: MilvusClient, modality: Modality) -> str:
+        """The index type of a modality's dense field ("FLAT": galleries from before HNSW, and
+        Milvus Lite), asked once per process."""
+        if modality not in self.dense_indexes:
+            name = self.collection(modality, "dense")
+            found = milvus_arrays.call(client.describe_index, name, "dense") or {}
+            self.dense_indexes[modality] = str(found.get("index_type", "FLAT")).upper()
+        return self.dense_indexes[modality]
 
     def release(self, client: MilvusClient) -> None:
         """Release every collection of the gallery from Milvus memory (the data stays)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meet_milvus.errors import ParameterError
 from meet_milvus.milvus_arrays import MAX_TOPK
@@ -51,12 +51,16 @@ class SearchConfig(BaseModel):
     # candidates than MEET's 8-byte codes (`python -m benchmarks.bench_cascade`).
     filter: Literal["auto", "meet", "ann"] = Field(
         "auto",
-        description=f"first filter: MEET's codes (Hamming -> PQ), the ANN index over the dense "
-        f"vectors (tier local), or auto (ANN from {ANN_MIN_ROWS:,} items on)",
+        description=f"first filter: MEET's codes (Hamming -> PQ), an ANN index over the dense "
+        f"vectors (tier local: IVF over RaBitQ codes; tier server: Milvus's HNSW), or auto "
+        f"(ANN from {ANN_MIN_ROWS:,} items on)",
     )
     # ann_keep and ann_nprobe: `python -m benchmarks.bench_cascade --ann-nprobe ...` (README
     # "Performance at scale").
-    ann_keep: int = Field(300, ge=1, description="candidates the ANN stage passes on")
+    ann_keep: int = Field(
+        300, ge=1,
+        description="candidates the ANN stage passes on (tier server: HNSW's candidate list, ef)",
+    )  # fmt: skip
     ann_nprobe: int | float = Field(
         0.05, gt=0, description="IVF lists the ANN stage scans (a count, or a fraction)"
     )
@@ -127,12 +131,6 @@ class SearchConfig(BaseModel):
             return value
         raise ValueError(f"{value!r}: use true, false, 'weighted' or 'reference'")
 
-    @model_validator(mode="after")
-    def _ann_needs_local(self) -> SearchConfig:
-        if self.filter == "ann" and self.tier != "local":
-            raise ValueError("search setting 'filter': the ANN index needs tier='local'")
-        return self
-
     def updated(self, **overrides: Any) -> SearchConfig:
         """A copy with `overrides` applied and validated; ParameterError names the first
         setting that is unknown or out of range."""
@@ -165,8 +163,9 @@ class SearchConfig(BaseModel):
         return Reranker(alpha=self.alpha, beta=self.beta, z=self.z,
                         temperature=self.temperature, mode="weighted")  # fmt: skip
 
-    def first_filter(self, rows: int) -> Literal["meet", "ann"]:
-        """The filter used on a gallery of `rows` items."""
+    def first_filter(self, rows: int, ann: bool = True) -> Literal["meet", "ann"]:
+        """The filter used on a gallery of `rows` items; `ann`: whether the tier has an ANN
+        index (the server's needs HNSW on the dense field)."""
         if self.filter != "auto":
             return self.filter
-        return "ann" if self.tier == "local" and rows >= ANN_MIN_ROWS else "meet"
+        return "ann" if ann and rows >= ANN_MIN_ROWS else "meet"

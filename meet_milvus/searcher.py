@@ -26,6 +26,7 @@ from meet_milvus.cascade import (
     Cascade,
     ExactRescore,
     HammingFilter,
+    MilvusAnn,
     QuantizedFilter,
     Rerank,
     Stage,
@@ -258,7 +259,24 @@ class MeetSearcher:
         store = self.store(gallery, cfg.tier)
         side = MilvusSide(self.client, self.gallery, gallery)
         stages: list[Stage] = []
-        if cfg.first_filter(store.rows) == "ann":
+        server = cfg.tier == "server"
+        # The server's ANN is HNSW on the dense field; galleries from before it have FLAT.
+        dense_index = self.gallery.dense_index(self.client, gallery) if server else "FLAT"
+        ann = not server or dense_index == "HNSW"
+        first = cfg.first_filter(store.rows, ann)
+        if first == "ann" and not ann:
+            raise ParameterError(
+                f"collection '{self.gallery.name}': the server-side ANN needs HNSW on the dense "
+                f"field, which this gallery's {gallery}s lack (made before it); use filter "
+                f"'meet', tier 'local', or rebuild_dense_index (README, \"The server-side mode\")"
+            )
+        exact = cfg.exact
+        if first == "ann" and server:
+            # HNSW's hits come with exact scores: an exact stage would only score them again.
+            stages.append(MilvusAnn(store, keep=max(cfg.exact_keep, k), ef=cfg.ann_keep,
+                                    milvus=side))  # fmt: skip
+            exact = False
+        elif first == "ann":
             self._ann_ready(gallery)
             keep = max(cfg.ann_keep, cfg.exact_keep, k)
             stages.append(AnnFilter(store, keep=keep, nprobe=cfg.ann_nprobe))
@@ -274,8 +292,9 @@ class MeetSearcher:
                                     keep=cfg.pq_keep(gallery), mode=cfg.pq_mode,
                                     nprobe=cfg.nprobe, least=k, milvus=side)
                 )  # fmt: skip
-        if cfg.exact or not stages:
-            stages.append(ExactRescore(store, keep=max(cfg.exact_keep, k), milvus=side))
+        if exact or not stages:
+            stages.append(ExactRescore(store, keep=max(cfg.exact_keep, k), milvus=side,
+                                       dense_index=dense_index))  # fmt: skip
         if cfg.rerank:
             stages.append(Rerank(store, cfg.reranker(gallery)))
         return Cascade(stages)

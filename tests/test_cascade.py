@@ -225,3 +225,58 @@ def test_deleted_items_never_pass_the_first_stages():
     np.testing.assert_array_equal(np.sort(-out.scores, 1), np.sort(dist, 1))
     short = hamming_top(as_words(gal), as_words(qs), 250, 64, dead)  # more than are left
     assert ((short.ids >= 0).sum(axis=1) == 180).all() and (short.ids[:, 180:] == -1).all()
+
+
+class _Vectors:
+    """A GalleryReader over vectors in RAM (`remote`: as Milvus, whose filtered search the exact
+    stage may prefer; no MilvusSide is given, so trying one raises)."""
+
+    def __init__(self, dense: np.ndarray, dead: np.ndarray | None = None, remote: bool = False):
+        self._dense, self._dead, self.remote = dense, dead, remote
+        self.rows = len(dense)
+        self.meta = None
+        self.reads = 0
+
+    def dead(self):
+        return self._dead
+
+    def dense(self, ids):
+        self.reads += len(ids)
+        return self._dense[ids]
+
+
+@pytest.mark.unit
+def test_the_exact_first_stage_scans_the_local_store_exactly(monkeypatch):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1000, 16)).astype(np.float32)
+    dead = np.zeros(1000, bool)
+    dead[rng.choice(1000, 300, replace=False)] = True
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    monkeypatch.setattr(ExactRescore, "SCAN_ROWS", 64)  # many blocks
+    store = _Vectors(vectors, dead)
+    got = ExactRescore(store, keep=7)._first(queries)
+    live = np.flatnonzero(~dead)
+    sims = queries @ vectors[live].T
+    want = live[np.argsort(-sims, axis=1, kind="stable")[:, :7]]
+    assert_same_ranking(want, np.take_along_axis(queries @ vectors.T, want, 1),
+                        got.ids, got.scores, atol=1e-5)  # fmt: skip
+    assert store.reads == 700  # each live row once, no dead one
+
+
+@pytest.mark.unit
+def test_the_exact_stage_reads_where_a_filtered_hnsw_search_would_not_be_exact():
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((1000, 8)).astype(np.float32)
+    queries = type("Q", (), {"dense": rng.standard_normal((2, 8)).astype(np.float32)})()
+    few = Candidates(rng.choice(1000, (2, 40), replace=False), np.zeros((2, 40), np.float32))
+    many = Candidates(rng.choice(1000, (2, 200), replace=False), np.zeros((2, 200), np.float32))
+    store = _Vectors(vectors, remote=True)
+    # HNSW: 200 of 1,000 is past HNSW_EXACT_SHARE, so the vectors are read and scored here.
+    out = ExactRescore(store, keep=5, dense_index="HNSW")(queries, many)
+    assert store.reads == len(np.unique(many.ids))
+    sims = np.take_along_axis(queries.dense @ vectors.T, many.ids, 1)
+    np.testing.assert_allclose(out.scores, -np.sort(-sims, 1)[:, :5], atol=1e-5)
+    # 40 of 1,000 on HNSW, or any share on FLAT, is left to Milvus's filtered search.
+    for dense_index, candidates in (("HNSW", few), ("FLAT", many)):
+        with pytest.raises(MeetError, match="give the stage milvus="):
+            ExactRescore(store, keep=5, dense_index=dense_index)(queries, candidates)

@@ -226,7 +226,6 @@ def test_search_config_updated_validates_what_it_changes():
         ({"z": 0}, "search setting 'z': Input should be greater than or equal to 1"),
         ({"pq_keep_texts": 1.5}, "search setting 'pq_keep_texts': stage size 1.5: a fraction"),
         ({"rerank": "sideways"}, "search setting 'rerank': 'sideways': use true, false"),
-        ({"filter": "ann", "tier": "server"}, "the ANN index needs tier='local'"),
     ]
     for overrides, message in refused:
         with pytest.raises(ParameterError) as caught:

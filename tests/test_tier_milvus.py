@@ -40,7 +40,9 @@ def test_the_load_writes_both_tiers_and_releases_the_collections(
     assert set(states.values()) == {"NotLoad"}, states
 
 
-@pytest.mark.parametrize("overrides", [{}, {"rerank": False}, {"hash": False}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"rerank": False}, {"hash": False}, {"hash": False, "pq": False}]
+)
 def test_local_tier_and_server_side_give_the_same_hits(
     runtime_settings, demo_gallery, texts, overrides
 ):
@@ -86,6 +88,34 @@ def test_the_filter_setting_is_checked(runtime_settings, demo_gallery):
     from meet_milvus.errors import MeetError
 
     with pytest.raises(MeetError, match="filter"):
-        MeetSearcher(demo_gallery, settings=runtime_settings, filter="ann", tier="server")
-    with pytest.raises(MeetError, match="filter"):
         MeetSearcher(demo_gallery, settings=runtime_settings, filter="nope")
+
+
+def test_the_server_side_ann_is_milvus_hnsw_with_exact_scores(
+    runtime_settings, demo_gallery, texts
+):
+    from meet_milvus.errors import ParameterError
+
+    client = connect(runtime_settings)
+    gallery = cols.open_gallery(client, demo_gallery)
+    assert {gallery.dense_index(client, m) for m in cols.MODALITIES} == {"HNSW"}
+    exact = MeetSearcher(demo_gallery, settings=runtime_settings, hash=False, pq=False,
+                         rerank=False)  # fmt: skip
+    ann = MeetSearcher(demo_gallery, settings=runtime_settings, tier="server", filter="ann",
+                       rerank=False)  # fmt: skip
+    assert list(ann.search(texts[0], k=3, diagnostics=True)[0].stages) == ["ann"]
+    for a, b in zip(ann.search(texts, k=5), exact.search(texts, k=5), strict=True):
+        assert [h.id for h in a] == [h.id for h in b]  # the gallery is far smaller than ef
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+    # A gallery made before the dense field had HNSW: the server-side ANN is refused.
+    cols.rebuild_dense_index(client, gallery, "FLAT")
+    try:
+        old = cols.open_gallery(client, demo_gallery)
+        assert old.dense_index(client, "image") == "FLAT"
+        refused = MeetSearcher(demo_gallery, settings=runtime_settings, tier="server",
+                               filter="ann")  # fmt: skip
+        with pytest.raises(ParameterError, match="the server-side ANN needs HNSW"):
+            refused.search(texts[0])
+    finally:
+        cols.rebuild_dense_index(client, gallery, "HNSW")
+    assert cols.open_gallery(client, demo_gallery).dense_index(client, "text") == "HNSW"
