@@ -56,9 +56,11 @@ class SearchConfig(BaseModel):
         f"(ANN from {ANN_MIN_ROWS:,} items on)",
     )
     # ann_keep and ann_nprobe: `python -m benchmarks.bench_cascade --ann-nprobe ...` (README
-    # "Performance at scale").
+    # "Performance at scale"). 150 survivors, not 300: at 300k they kept 0.985 of the exact
+    # top-10 (300: 0.993) for half the reads from disk, so half the cold latency and twice the
+    # batch QPS (README "Beside the peers"); real encodings needed 54-75 for 0.95 (real.md).
     ann_keep: int = Field(
-        300, ge=1,
+        150, ge=1,
         description="candidates the ANN stage passes on (tier server: HNSW's candidate list, ef)",
     )  # fmt: skip
     ann_nprobe: int | float = Field(
