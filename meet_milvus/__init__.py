@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 # A query runs two thread pools on the same cores: ONNX Runtime's (the text encoder) and OpenMP's
 # (torch and faiss, between encodings). OpenMP's threads spin after each parallel region by
-# default and take the cores ONNX Runtime's next run needs: a caption then took 11.6 ms to encode
-# instead of 3.7 (README, "What a user waits for"). OpenMP reads this when it loads, so it is set
-# before torch or faiss can load; a user's own setting stands.
+# default and take the cores ONNX Runtime's next run needs (README, "What a user waits for").
+# OpenMP reads this when it loads, so it is set before torch or faiss can load; a user's own
+# setting stands.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from meet_milvus.config import Settings, load_settings
