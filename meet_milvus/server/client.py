@@ -42,7 +42,12 @@ def open_client(uri: str, token: str, db_name: str, timeout: float, **kwargs: An
         # Milvus Lite 2.5 (a `.db` URI) imports pkg_resources, which warns it is deprecated.
         warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
         try:
-            return MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
+            client = MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout, **kwargs)
+            # pymilvus 3 shares one connection per address and token, whatever the database: a
+            # client of a connection already open asks the server nothing, and a refused
+            # credential or a missing database would surface at its first real call instead.
+            client.list_collections()
+            return client
         except MilvusException as e:
             cause = e.__cause__  # pymilvus 3 wraps a refused credential as a failed connection
             if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAUTHENTICATED:
