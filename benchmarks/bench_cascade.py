@@ -519,14 +519,20 @@ def latency_stats(seconds: list[float]) -> dict:
             "mean_ms": 1e3 * float(np.mean(lat)), "latency_queries": len(lat)}  # fmt: skip
 
 
+def server_bytes(s: Size, pid: int, names: list[str]) -> tuple[float, float]:
+    """Load `names` into Milvus; the server's growth per item: anonymous memory, and the file
+    pages it maps (page cache) apart."""
+    anon, rss = settle_rss(pid, 2.0, "RssAnon"), settle_rss(pid, 0.0)
+    for name in names:
+        s.gallery.ensure_loaded(s.client, name)
+    anon_b = (settle_rss(pid, 4.0, "RssAnon") - anon) / s.n
+    return anon_b, (settle_rss(pid, 0.0) - rss) / s.n - anon_b
+
+
 def bench_server_side(s: Size, pid: int) -> dict[str, dict]:
     """The product, server-side: the codes and vectors inside Milvus."""
     need = [s.gallery.collection("image", f) for f in ("hash", "dense")]
-    anon, rss = settle_rss(pid, 2.0, "RssAnon"), settle_rss(pid, 0.0)
-    for c in need:
-        s.client.load_collection(c)
-    server_b = (settle_rss(pid, 4.0, "RssAnon") - anon) / s.n
-    file_b = (settle_rss(pid, 0.0) - rss) / s.n - server_b
+    server_b, file_b = server_bytes(s, pid, need)
     r, q = min(16384, s.n // 8), min(4096, s.n // 32)
     cascade = meet_cascade(s.client, s.gallery, None, s.g, r, q)
     res = measure_cascade(cascade, s.queries, s.truth, s.run)
@@ -546,11 +552,7 @@ def bench_server_ann(s: Size, pid: int) -> dict[str, dict]:
         start = time.perf_counter()
         cols.rebuild_dense_index(s.client, s.gallery, "HNSW")
         build = time.perf_counter() - start
-    name = s.gallery.collection("image", "dense")
-    anon, rss = settle_rss(pid, 2.0, "RssAnon"), settle_rss(pid, 0.0)
-    s.gallery.ensure_loaded(s.client, name)
-    anon_b = (settle_rss(pid, 4.0, "RssAnon") - anon) / s.n
-    file_b = (settle_rss(pid, 0.0) - rss) / s.n - anon_b
+    anon_b, file_b = server_bytes(s, pid, [s.gallery.collection("image", "dense")])
     side = MilvusSide(s.client, s.gallery, "image")
     store = MilvusReader(side)
     for ef in s.run.server_ef:

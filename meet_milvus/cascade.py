@@ -112,6 +112,15 @@ class _GalleryStage:
             raise ParameterError(f"{what} searches in Milvus: give the stage milvus=")
         return self.milvus
 
+    def _dense_search(
+        self, what: str, dense: np.ndarray, limit: int, params: dict | None
+    ) -> Candidates:
+        """Milvus's top `limit` of the whole dense field by inner product, as Candidates."""
+        ids, dist = self._side(what).search(
+            "dense", np.asarray(dense, np.float32), limit, "IP", params
+        )
+        return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+
     def _live(self) -> int:
         dead = self.store.dead()
         return self.store.rows - (0 if dead is None else int(dead.sum()))
@@ -343,11 +352,8 @@ class MilvusAnn(_GalleryStage):
         if candidates is not None:
             raise ParameterError("MilvusAnn searches the whole gallery: put it first")
         limit = resolve_keep(self.keep, max(self._live(), 1))
-        ids, dist = self._side("the server-side ANN").search(
-            "dense", np.asarray(queries.dense, np.float32), limit, "IP",
-            {"ef": min(MAX_TOPK, max(self.ef, limit))},
-        )  # fmt: skip
-        return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+        params = {"ef": min(MAX_TOPK, max(self.ef, limit))}
+        return self._dense_search("the server-side ANN", queries.dense, limit, params)
 
 
 class ExactRescore(_GalleryStage):
@@ -439,10 +445,7 @@ class ExactRescore(_GalleryStage):
         params = None
         if self.dense_index != "FLAT":
             params = {"ef": min(MAX_TOPK, self.FIRST_EF_FACTOR * limit)}
-        ids, dist = self._side("the exact stage as a first stage").search(
-            "dense", dense, limit, "IP", params
-        )
-        return Candidates(ids, np.where(ids >= 0, dist, -np.inf).astype(np.float32))
+        return self._dense_search("the exact stage as a first stage", dense, limit, params)
 
     def _search(self, dense: np.ndarray, ids: np.ndarray, limit: int) -> Candidates:
         side = self._side("mode 'search'")

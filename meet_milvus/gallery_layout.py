@@ -226,11 +226,13 @@ def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
             params=pq if ivf else {},
         )  # fmt: skip
     if "dense" in fields:
-        params.add_index(
-            "dense", index_type="HNSW" if ivf else "FLAT", metric_type="IP",
-            params=DENSE_HNSW if ivf else {},
-        )  # fmt: skip
+        _add_dense_index(params, "HNSW" if ivf else "FLAT")
     return params
+
+
+def _add_dense_index(params, index_type: str) -> None:
+    params.add_index("dense", index_type=index_type, metric_type="IP",
+                     params=DENSE_HNSW if index_type == "HNSW" else {})  # fmt: skip
 
 
 def rebuild_dense_index(client: MilvusClient, gallery: Gallery, index_type: str) -> None:
@@ -246,10 +248,7 @@ def rebuild_dense_index(client: MilvusClient, gallery: Gallery, index_type: str)
         gallery.dense_indexes.pop(modality, None)
         client.drop_index(name, "dense")
         params = client.prepare_index_params()
-        params.add_index(
-            "dense", index_type=index_type, metric_type="IP",
-            params=DENSE_HNSW if index_type == "HNSW" else {},
-        )  # fmt: skip
+        _add_dense_index(params, index_type)
         client.create_index(name, params)
 
 
