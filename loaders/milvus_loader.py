@@ -26,7 +26,7 @@ from meet_milvus.errors import (
     ServerUnavailableError,
 )
 from meet_milvus.files import replacing
-from meet_milvus.gallery_layout import MODALITIES, Modality
+from meet_milvus.gallery_layout import MODALITIES, DenseIndex, Modality
 from meet_milvus.gallery_log import gallery_state
 from meet_milvus.gallery_rows import Items, LoadReport, Origin, write_gallery
 from meet_milvus.inputs import check_count, check_data_name
@@ -188,15 +188,19 @@ def load(
     stats: Stats = "pool",
     pool: str | None = None,
     pool_size: int = POOL_MAX,
+    dense_index: DenseIndex = "HNSW",
 ) -> LoadReport:
     """`meet-milvus load`: encode a data split with a checkpoint and write it to Milvus.
 
     `stats`: the re-ranking statistics against the gallery's reference pool (`pool`: a data
     set split "name/split"; default the checkpoint's training split), or `split`, the paper's
     protocol (against the split's other modality: a gallery that cannot grow consistently).
+    `dense_index`: a new gallery's dense field in Milvus, "HNSW" (the server-side ANN) or
+    "FLAT" (no HNSW build: the gallery is searched through its local tier).
     """
     cols.check_gallery_name(collection)
     check_neighbours(neighbours)
+    dense_index = cols.check_dense_index(dense_index)
     if stats not in ("pool", "split"):
         raise ParameterError(f"--stats {stats!r}: use 'pool' or 'split'")
     data = check_data_name(data or collection, "data set")  # it names folders under the data dir
@@ -225,7 +229,7 @@ def load(
     try:
         report = write_gallery(
             client, collection, items, origin, drop=drop, pool=reference, progress=progress,
-            echo=echo,
+            echo=echo, dense_index=dense_index,
         )  # fmt: skip
     except MilvusException as e:  # the server failed or went away mid-load
         raise ServerUnavailableError(

@@ -57,6 +57,7 @@ T = TypeVar("T")
 Modality = Literal["image", "text"]
 LayoutKind = Literal["split", "multi"]
 IndexFamily = Literal["ivf", "flat"]
+DenseIndex = Literal["HNSW", "FLAT"]
 # The dense field's HNSW on a Milvus server: the server-side ANN (cascade.MilvusAnn). It keeps
 # the vectors, so its hits come with exact scores, and a search filtered to a few ids scores
 # them all exactly (the exact stage). M and efConstruction as the hnswlib rows of
@@ -111,6 +112,9 @@ class GalleryMeta(BaseModel):
     rows: int  # items of this modality the load wrote (0 for a gallery `index` started)
     nlist: int  # IVF lists of the hash and PQ indexes
     indexes: IndexFamily = "ivf"  # `flat` on Milvus Lite; galleries from before it: ivf
+    # The dense field's index on an `ivf` server: FLAT spares a gallery searched only through
+    # its local tier the HNSW build (minutes of the server's CPU at 300k items).
+    dense_index: DenseIndex = "HNSW"
     source: str  # data set and split, e.g. "demo/test"
     checkpoint: str = ""  # where the model was when loaded (a default for the searcher)
 
@@ -226,7 +230,7 @@ def index_params(client: MilvusClient, meta: GalleryMeta, fields: list[str]):
             params=pq if ivf else {},
         )  # fmt: skip
     if "dense" in fields:
-        _add_dense_index(params, "HNSW" if ivf else "FLAT")
+        _add_dense_index(params, meta.dense_index if ivf else "FLAT")
     return params
 
 
@@ -235,12 +239,23 @@ def _add_dense_index(params, index_type: str) -> None:
                      params=DENSE_HNSW if index_type == "HNSW" else {})  # fmt: skip
 
 
+def check_dense_index(index_type: str) -> DenseIndex:
+    """"HNSW" or "FLAT" (any case), else a one-line error."""
+    found = str(index_type).upper()
+    if found not in ("HNSW", "FLAT"):
+        raise ParameterError(f"dense index {index_type!r}: use HNSW or FLAT")
+    return found  # type: ignore[return-value]
+
+
 def rebuild_dense_index(client: MilvusClient, gallery: Gallery, index_type: str) -> None:
     """Give a gallery's dense field another index ("HNSW" or "FLAT"): a gallery made before
     the dense field had HNSW gets the server-side ANN (`filter="ann"`, tier server). Its
     collections are released meanwhile (searches of them wait for the next load)."""
-    if index_type not in ("HNSW", "FLAT"):
-        raise ParameterError(f"dense index {index_type!r}: use HNSW or FLAT")
+    index_type = check_dense_index(index_type)
+    if index_type == "HNSW" and any(m.indexes == "flat" for m in gallery.meta.values()):
+        raise ParameterError(
+            f"collection '{gallery.name}': its server (Milvus Lite) takes exact indexes only"
+        )
     for modality in MODALITIES:
         name = gallery.collection(modality, "dense")
         client.release_collection(name)

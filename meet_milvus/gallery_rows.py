@@ -27,7 +27,14 @@ import numpy as np
 from meet_milvus import gallery_layout as cols
 from meet_milvus import milvus_arrays
 from meet_milvus.errors import GalleryMismatchError
-from meet_milvus.gallery_layout import MODALITIES, Gallery, GalleryMeta, Layout, Modality
+from meet_milvus.gallery_layout import (
+    MODALITIES,
+    DenseIndex,
+    Gallery,
+    GalleryMeta,
+    Layout,
+    Modality,
+)
 from meet_milvus.gallery_log import (
     MAX_DELETED,
     Change,
@@ -149,6 +156,7 @@ def write_gallery(
     pool: Pool | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = log.info,
+    dense_index: DenseIndex = "HNSW",
 ) -> LoadReport:
     """Create the gallery's collections (or find them, finishing a half-made one), insert the
     rows they lack, rebuild one holding rows a load never writes, flush, verify; then store
@@ -174,7 +182,8 @@ def write_gallery(
     layout = cols.find_layout(client, gallery) or layout or Layout.for_version(version)
     report = LoadReport(gallery, layout.kind)
     indexes = cols.index_family(version)
-    metas = {m: _meta(gallery, m, layout, items[m], origin, indexes) for m in MODALITIES}
+    metas = {m: _meta(gallery, m, layout, items[m], origin, indexes, dense_index=dense_index)
+             for m in MODALITIES}  # fmt: skip
     for modality, meta in metas.items():  # check everything before writing anything
         for name in layout.collections(gallery, modality):
             if client.has_collection(name):
@@ -226,6 +235,7 @@ def _meta(
     origin: Origin,
     indexes: cols.IndexFamily,
     nlist_rows: int = 0,
+    dense_index: DenseIndex = "HNSW",
 ) -> GalleryMeta:
     return GalleryMeta(
         gallery=gallery,
@@ -242,6 +252,7 @@ def _meta(
         source=origin.source,
         checkpoint=origin.checkpoint,
         indexes=indexes,
+        dense_index=cols.check_dense_index(dense_index),
     )
 
 
@@ -407,7 +418,7 @@ def recover(client: MilvusClient, gallery: Gallery, state: GalleryState) -> list
 
 def create_gallery(
     client: MilvusClient, gallery: str, origin: Origin, embed_dim: int, neighbours: int,
-    pool: Pool | None,
+    pool: Pool | None, dense_index: DenseIndex = "HNSW",
 ) -> Gallery:
     """An empty gallery (both modalities, its log and pool), for `meet-milvus index`."""
     cols.check_gallery_name(gallery)
@@ -419,7 +430,8 @@ def create_gallery(
     # IVF lists for a gallery that grows: as for GROWN_ROWS items (Milvus builds them per
     # sealed segment; the server-side stages probe every list unless told otherwise).
     family = cols.index_family(version)
-    metas = {m: _meta(gallery, m, layout, empty, origin, family, GROWN_ROWS) for m in MODALITIES}
+    metas = {m: _meta(gallery, m, layout, empty, origin, family, GROWN_ROWS, dense_index)
+             for m in MODALITIES}  # fmt: skip
     names = [n for meta in metas.values() for n in cols.create(client, meta)]
     cols.load_all(client, names)
     if pool is not None and read_pool(client, gallery) is None:

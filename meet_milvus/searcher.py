@@ -267,8 +267,9 @@ class MeetSearcher:
         if first == "ann" and not ann:
             raise ParameterError(
                 f"collection '{self.gallery.name}': the server-side ANN needs HNSW on the dense "
-                f"field, which this gallery's {gallery}s lack (made before it); use filter "
-                f"'meet', tier 'local', or rebuild_dense_index (README, \"The server-side mode\")"
+                f"field, which this gallery's {gallery}s lack; use filter "
+                f"'meet', tier 'local', or `meet-milvus reindex --collection {self.gallery.name} "
+                f"--dense-index hnsw`"
             )
         exact = cfg.exact
         if first == "ann" and server:

@@ -34,8 +34,10 @@ from meet_milvus.config import Settings, load_settings
 from meet_milvus.errors import GalleryMismatchError, GalleryNotFoundError, ParameterError
 from meet_milvus.gallery_layout import (
     MODALITIES,
+    DenseIndex,
     Gallery,
     Modality,
+    check_dense_index,
     check_gallery_name,
     open_gallery,
 )
@@ -143,8 +145,10 @@ class GalleryWriter:
         settings: Settings | None = None,
         pool: Pool | None = None,
         neighbours: int = DEFAULT_NEIGHBOURS,
+        dense_index: DenseIndex = "HNSW",
     ) -> None:
         self.settings = settings or load_settings()
+        self.dense_index = check_dense_index(dense_index)  # a new gallery's (gallery_layout)
         self.name = check_gallery_name(collection)
         self.client = connect(self.settings)
         self.gallery: Gallery | None = None
@@ -299,7 +303,7 @@ class GalleryWriter:
             origin = Origin.of(self.model, "index", str(self.checkpoint.resolve()))
             self.gallery = create_gallery(self.client, self.name, origin,
                                           self.model.config.embed_dim, self.neighbours,
-                                          self.pool)  # fmt: skip
+                                          self.pool, self.dense_index)  # fmt: skip
         gallery = self.gallery
         for name in gallery.collections():
             gallery.ensure_loaded(self.client, name)

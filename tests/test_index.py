@@ -1,7 +1,8 @@
 """Galleries people own: `meet-milvus index` of a folder of uncaptioned photos (nested, with a
 broken file and a copy), searches by text, re-indexing as an upsert, a changed file, deletes
-by id and of missing files, a caption-only gallery searched by image, a reader process while a
-writer adds, and kill -9 of a writer during an add and during a delete."""
+by id and of missing files, `reindex` of its dense field, a caption-only gallery searched by
+image, a reader process while a writer adds, and kill -9 of a writer during an add and during
+a delete."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from meet_milvus import GalleryWriter, MeetSearcher, NewItem
 from meet_milvus.cli import cli
 from meet_milvus.errors import GalleryNotFoundError
-from meet_milvus.gallery_layout import open_gallery
+from meet_milvus.gallery_layout import MODALITIES, open_gallery
 from meet_milvus.gallery_log import gallery_state
 from meet_milvus.server import connect
 from meet_milvus_loaders.milvus_loader import training_pool
@@ -67,7 +68,8 @@ def test_index_a_folder_then_search_update_and_delete(cli_flags, runtime_setting
                                                       demo_checkpoint):  # fmt: skip
     flags = cli_flags
     ckpt = ["--checkpoint", str(demo_checkpoint)]
-    out = _cli(flags, "index", str(photos), "--collection", "t_photos", "--quiet", *ckpt)
+    out = _cli(flags, "index", str(photos), "--collection", "t_photos", "--quiet",
+               "--dense-index", "flat", *ckpt)  # fmt: skip
     assert "added 9 images and 0 captions" in out
     assert "skipped broken.png:" in out and "notes.txt" not in out
     assert _live(runtime_settings, "t_photos") == {"image": 9, "text": 0}
@@ -110,6 +112,22 @@ def test_index_a_folder_then_search_update_and_delete(cli_flags, runtime_setting
     with pytest.raises(GalleryNotFoundError, match="'t_nothing': not in Milvus yet"):
         GalleryWriter("t_nothing", settings=runtime_settings)  # a delete of nothing, say
 
+    # Made without HNSW (--dense-index flat); `reindex` gives it one, and the server-side ANN
+    # then answers as an exact search does.
+    client = connect(runtime_settings)
+    assert {open_gallery(client, "t_photos").dense_index(client, m) for m in MODALITIES} == {
+        "FLAT"}  # fmt: skip
+    exact = MeetSearcher("t_photos", settings=runtime_settings, hash=False, pq=False).search(
+        "a cottage", k=5
+    )
+    out = _cli(flags, "reindex", "--collection", "t_photos", "--dense-index", "hnsw")
+    assert "'t_photos': dense field indexed HNSW" in out
+    assert {open_gallery(client, "t_photos").dense_index(client, m) for m in MODALITIES} == {
+        "HNSW"}  # fmt: skip
+    ann = MeetSearcher("t_photos", settings=runtime_settings, tier="server", filter="ann")
+    found = ann.search("a cottage", k=5)  # copies tie: the same scores, in either order
+    np.testing.assert_allclose([h.score for h in found], [h.score for h in exact], atol=1e-5)
+
 
 def test_a_caption_only_gallery_answers_image_queries(runtime_settings, demo_checkpoint, tmp_path):
     split = load_split(runtime_settings.data_dir, "demo", "test")
@@ -122,6 +140,8 @@ def test_a_caption_only_gallery_answers_image_queries(runtime_settings, demo_che
     writer.pool = training_pool(runtime_settings, writer.model, progress=False)
     report = writer.add(collect([manifest]))
     assert report.added == {"image": 0, "text": 6}
+    client = connect(runtime_settings)
+    assert open_gallery(client, "t_notes").dense_index(client, "text") == "HNSW"  # the default
     hits = MeetSearcher("t_notes", settings=runtime_settings).search_image(
         split.image_paths[0], k=3
     )

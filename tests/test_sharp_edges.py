@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from pymilvus import DataType
+from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from meet_milvus import gallery_layout as cols
@@ -169,3 +169,24 @@ def test_a_milvus_error_during_a_search_names_the_server_and_what_to_do(tmp_path
         "error; retry in a minute (a server restarted moments ago is still settling); if it "
         "persists, see the server's log"
     )
+
+
+@pytest.mark.unit
+def test_the_dense_index_is_hnsw_or_flat_and_flat_skips_the_graph(tmp_path):
+    assert [cols.check_dense_index(x) for x in ("hnsw", "FLAT")] == ["HNSW", "FLAT"]
+    settings = Settings(data_dir=tmp_path / "data", milvus_uri="http://127.0.0.1:9")
+    with pytest.raises(ParameterError, match="^dense index 'DISKANN': use HNSW or FLAT$"):
+        load(settings, "demo", dense_index="DISKANN")  # refused before connecting
+    out = _cli(tmp_path, "load", "--collection", "demo", "--dense-index", "diskann")
+    assert out.returncode == 2 and "'diskann' is not one of 'hnsw', 'flat'" in out.stderr
+
+    def dense(**meta) -> str:
+        m = cols.GalleryMeta(gallery="g", modality="image", layout="split", fingerprint="f", H=64,
+                             M=8, K=256, embed_dim=16, neighbours=4, rows=10, nlist=4,
+                             source="s", **meta)  # fmt: skip
+        (index,) = [i for i in cols.index_params(MilvusClient, m, ["dense"])]
+        return index.index_type
+
+    assert dense() == "HNSW"
+    assert dense(dense_index="FLAT") == "FLAT"
+    assert dense(indexes="flat") == "FLAT"  # Milvus Lite takes exact indexes only

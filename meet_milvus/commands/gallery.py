@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from meet_milvus.commands.options import COLLECTION, given, neighbours_option
+from meet_milvus.commands.options import COLLECTION, DENSE_INDEX, given, neighbours_option
 from meet_milvus.context import current_settings as _settings
 
 
@@ -23,9 +24,10 @@ from meet_milvus.context import current_settings as _settings
               help="items written as one change")
 @click.option("--allow-outside-images", is_flag=True,
               help="let a manifest name images outside its folder")
+@DENSE_INDEX
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_images,
-          quiet) -> None:  # fmt: skip
+          dense_index, quiet) -> None:  # fmt: skip
     """Add photos (folders, files, globs) or manifest rows to a gallery: new items are added,
     changed files encoded again, unchanged ones left; no captions needed."""
     from meet_milvus.gallery_layout import check_gallery_name
@@ -41,7 +43,8 @@ def index(paths, collection, checkpoint, pool, neighbours, batch, allow_outside_
     if checkpoint is None and settings.checkpoint is None:
         default = settings.data_dir / "checkpoints" / "demo"
         checkpoint = default if default.is_dir() else None
-    writer = GalleryWriter(collection, checkpoint, settings, **given(neighbours=neighbours))
+    writer = GalleryWriter(collection, checkpoint, settings, dense_index=dense_index,
+                           **given(neighbours=neighbours))  # fmt: skip
     if writer.gallery is None:
         writer.pool = training_pool(settings, writer.model, pool, progress=not quiet)
         click.echo(f"new gallery '{collection}': re-ranking statistics against the reference "
@@ -73,4 +76,25 @@ def delete(ids, collection, missing) -> None:
         click.echo(line)
 
 
-COMMANDS = (index, delete)
+@click.command("reindex")
+@COLLECTION
+@click.option("--dense-index", required=True,
+              type=click.Choice(["hnsw", "flat"], case_sensitive=False),
+              help="the dense field's new index: hnsw for the server-side ANN, flat to free the "
+                   "server of the graph")  # fmt: skip
+def reindex(collection, dense_index) -> None:
+    """Give a gallery's dense field in Milvus another index (its items stay; searches wait for
+    the build)."""
+    from meet_milvus.gallery_layout import check_gallery_name, open_gallery, rebuild_dense_index
+    from meet_milvus.server import connect
+
+    check_gallery_name(collection)
+    client = connect(_settings())
+    gallery = open_gallery(client, collection)
+    start = time.perf_counter()
+    rebuild_dense_index(client, gallery, dense_index)
+    click.echo(f"'{collection}': dense field indexed {dense_index.upper()} in "
+               f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+
+
+COMMANDS = (index, delete, reindex)

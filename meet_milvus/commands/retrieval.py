@@ -11,6 +11,7 @@ import click
 from meet_milvus.commands.options import (
     CHECKPOINT,
     COLLECTION,
+    DENSE_INDEX,
     FILTER,
     HASH_MODE,
     RERANK,
@@ -37,16 +38,17 @@ from meet_milvus.errors import ParameterError
                    "the split itself (the paper's protocol)")  # fmt: skip
 @click.option("--pool", help="reference pool, a data set split DATA/SPLIT [the checkpoint's "
                              "training split]")  # fmt: skip
+@DENSE_INDEX
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def load(collection, checkpoint, data, split, drop, neighbours, batch_size, stats, pool,
-         quiet) -> None:  # fmt: skip
+         dense_index, quiet) -> None:  # fmt: skip
     """Encode a data split and load its codes, embeddings and sources into Milvus."""
     from meet_milvus_loaders.milvus_loader import load as load_gallery
 
     report = load_gallery(
         _settings(), collection, checkpoint=checkpoint, data=data, split=split, drop=drop,
         batch_size=batch_size, progress=not quiet, echo=click.echo, stats=stats, pool=pool,
-        **given(neighbours=neighbours),
+        dense_index=dense_index, **given(neighbours=neighbours),
     )  # fmt: skip
     for line in report.lines():
         click.echo(line)
