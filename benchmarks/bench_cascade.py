@@ -91,6 +91,8 @@ class Run:
     hnsw_ef: tuple[int, ...]
     server_side: bool
     server_ef: tuple[int, ...] = (100, 300)  # the server-side HNSW's candidate lists
+    client_side: bool = True  # the libraries, the product's local tier and the peers
+    server_mmap: bool = False  # the embedded server maps loaded segments (embedded_mmap)
     peers: tuple[str, ...] = ()  # of PEERS
     diskann_r: int = 64  # graph degree
     diskann_build_l: int = 100  # candidate list while building
@@ -109,8 +111,10 @@ PEERS = ("diskann", "faiss-ivfpq", "lance")
 # -- the gallery in Milvus and its tier ---------------------------------------------------------
 
 
-def milvus(data_dir: Path, port: int) -> tuple[object, EmbeddedServer, Settings]:
-    settings = Settings(data_dir=data_dir, embedded_port=port, cache_dir=data_dir / "cache")
+def milvus(data_dir: Path, port: int, mmap: bool = False
+           ) -> tuple[object, EmbeddedServer, Settings]:  # fmt: skip
+    settings = Settings(data_dir=data_dir, embedded_port=port, cache_dir=data_dir / "cache",
+                        embedded_mmap=mmap)  # fmt: skip
     server = EmbeddedServer(settings)
     return connect(settings), server, settings
 
@@ -346,7 +350,7 @@ def prepare(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path
     server with nothing loaded. Returns (Size, the size's record, server, settings)."""
     g = generate(SyntheticSpec(n_items=n, n_queries=run.queries), cache)
     name = f"syn_{n // 1000}k"
-    client, server, settings = milvus(data_dir, port)
+    client, server, settings = milvus(data_dir, port, run.server_mmap)
     out: dict = {"items": n, "queries": run.queries, "spec": asdict(g.spec)}
     out["load_s"] = load_synthetic(client, settings, name, g)
     gallery = cols.open_gallery(client, name)
@@ -529,6 +533,11 @@ def server_bytes(s: Size, pid: int, names: list[str]) -> tuple[float, float]:
     return anon_b, (settle_rss(pid, 0.0) - rss) / s.n - anon_b
 
 
+def mapped(s: Size) -> str:
+    """A server-side row's label suffix: the server maps its segments (embedded_mmap)."""
+    return ", mmap" if s.run.server_mmap else ""
+
+
 def bench_server_side(s: Size, pid: int) -> dict[str, dict]:
     """The product, server-side: the codes and vectors inside Milvus."""
     need = [s.gallery.collection("image", f) for f in ("hash", "dense")]
@@ -538,7 +547,7 @@ def bench_server_side(s: Size, pid: int) -> dict[str, dict]:
     res = measure_cascade(cascade, s.queries, s.truth, s.run)
     codes_b = s.g.pq_codes.nbytes / s.n  # the ADC stage's client-side codes, exact size
     s.gallery.release(s.client)
-    return {f"server-side: Milvus Hamming R={r} -> PQ Q={q} -> exact in Milvus": res | {
+    return {f"server-side: Milvus Hamming R={r} -> PQ Q={q} -> exact in Milvus{mapped(s)}": res | {
         "client_B": codes_b, "server_B": server_b, "server_page_cache_B": file_b,
         "product": "server"}}
 
@@ -558,7 +567,7 @@ def bench_server_ann(s: Size, pid: int) -> dict[str, dict]:
     for ef in s.run.server_ef:
         cascade = Cascade([MilvusAnn(store, keep=K, ef=ef, milvus=side)])
         res = measure_cascade(cascade, s.queries, s.truth, s.run)
-        out[f"server-side: Milvus HNSW ef={ef}"] = res | {
+        out[f"server-side: Milvus HNSW ef={ef}{mapped(s)}"] = res | {
             "client_B": 0.0, "server_B": anon_b, "server_page_cache_B": file_b,
             "hnsw_build_s": build, "product": "server"}  # fmt: skip
     s.gallery.release(s.client)
@@ -569,8 +578,8 @@ def bench_size(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: P
     s, out, server, _ = prepare(n, run, data_dir, port, cache, work)
     pid = server.status().pid
     server_idle = settle_rss(pid, 10.0)
-    methods = bench_libraries(s) | bench_product(s)
-    for peer in make_peers(s):
+    methods = (bench_libraries(s) | bench_product(s)) if run.client_side else {}
+    for peer in make_peers(s) if run.client_side else ():
         methods[peer.label] = bench_peer(peer, s)
     # The client-side methods loaded nothing into Milvus: its growth meanwhile is their share.
     growth = (settle_rss(pid, 2.0) - server_idle) / n
@@ -721,6 +730,9 @@ def plot(res: dict, path: Path) -> None:
 # -- the command ----------------------------------------------------------------------------------
 
 
+_FLAGS = ("no_server_side", "no_client_side", "server_mmap")  # shown only when set
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x)
 
@@ -743,6 +755,11 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--hnsw-ef-construction", default=100, show_default=True)
 @click.option("--hnsw-ef", default="64,128", show_default=True)
 @click.option("--no-server-side", is_flag=True, help="skip the server-side modes")
+@click.option("--no-client-side", is_flag=True,
+              help="skip the libraries, the product's local tier and the peers")
+@click.option("--server-mmap", is_flag=True,
+              help="the embedded server maps loaded segments (embedded_mmap; a data dir of its "
+                   "own: a gallery loaded before format 3 cannot be mapped)")
 @click.option("--server-ef", default="100,300", show_default=True,
               help="ef of the server-side HNSW (the dense field in Milvus)")
 @click.option("--peers", default=",".join(PEERS), show_default=True,
@@ -779,8 +796,8 @@ def main(**o) -> None:  # fmt: skip
     o["cache_dir"].mkdir(parents=True, exist_ok=True)
     res: dict = {
         "command": "python -m benchmarks.bench_cascade " + " ".join(
-            f"{flag[k]} {v}" for k, v in o.items() if k not in ("no_server_side", "render"))
-        + (" --no-server-side" if o["no_server_side"] else ""),
+            f"{flag[k]} {v}" for k, v in o.items() if k not in (*_FLAGS, "render"))
+        + "".join(f" {flag[k]}" for k in _FLAGS if o[k]),
         "machine": f"{faiss.omp_get_max_threads()} CPU threads, {platform.machine()}",
         "run": asdict(run),
         "load_start": load_avg(),
@@ -819,6 +836,7 @@ def run_of(o: dict) -> Run:
         hnsw_m=o["hnsw_m"], hnsw_ef_construction=o["hnsw_ef_construction"],
         hnsw_ef=tuple(int(x) for x in o["hnsw_ef"].split(",")),
         server_side=not o["no_server_side"], peers=chosen,
+        client_side=not o["no_client_side"], server_mmap=o["server_mmap"],
         server_ef=tuple(int(x) for x in o["server_ef"].split(",")),
         diskann_r=o["diskann_r"], diskann_build_l=o["diskann_build_l"],
         diskann_pq=o["diskann_pq"], diskann_l=tuple(int(x) for x in o["diskann_l"].split(",")),

@@ -207,6 +207,8 @@ def load(
     path = resolve_checkpoint(settings, checkpoint, data)
     source = load_split(settings.data_dir, data, split)
     client = connect(settings)  # before the slow encoding: a dead server fails fast
+    if settings.maps_segments and not drop and cols.find_layout(client, collection):
+        cols.open_gallery(client, collection, mapped=True)  # one this server can load
     model = load_checkpoint(path, settings.device, settings.cache_dir)
     echo(
         f"encoding {data}/{split}: {source.n_images} images, {source.n_captions} captions "

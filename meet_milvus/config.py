@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     embedded_gc_drop_tolerance: int = Field(
         600, ge=0, le=604800, description="seconds a dropped collection's files stay on disk"
     )
+    embedded_mmap: bool = Field(
+        False,
+        description="the embedded Milvus maps loaded collections from files under the data dir "
+        "(queryNode.mmapDirPath): its anonymous memory holds little of a gallery, the rest is "
+        "page cache the kernel can reclaim; takes effect when the server starts",
+    )
+
+    @property
+    def maps_segments(self) -> bool:
+        """Whether the server is the embedded one, mapping loaded segments from files."""
+        return self.embedded_mmap and self.milvus_uri is None
 
     @field_validator("milvus_uri")
     @classmethod

@@ -10,7 +10,7 @@ modality has one primary key (its position in the source split) and these fields
     source      VARCHAR             image path or caption text
     external_id VARCHAR             the item's name outside Milvus
     digest      VARCHAR             the item's content hash (`meet-milvus index`: re-encode a
-                                    changed file); empty for a data split's rows
+                                    changed file); a data split's rows: a hash of the source
     image       INT64               the image an item shows (captions: their image's id; -1: none)
     neighbours  ARRAY<FLOAT>(k)     the item's top-k similarities to the other modality,
                                     descending (the complementarity re-ranker's statistics)
@@ -72,7 +72,10 @@ HNSW_EXACT_SHARE = 0.05
 # request; it is Milvus 2.4+ inside (one collection takes several vector fields).
 MILVUS_LITE = "milvus-lite"
 MODALITIES: tuple[Modality, Modality] = ("image", "text")
-FORMAT_VERSION = 2  # 2: the `digest` field (galleries of format 1 are read, not changed)
+# 2: the `digest` field (galleries of format 1 are read, not changed); 3: no column all empty
+# (a data split's digests: a hash of the source; the log's adds: `deleted` [-1]), which the
+# embedded server's mmap needs.
+FORMAT_VERSION = 3
 SOURCE_MAX = 4096  # bytes of `source` / `external_id` kept (VARCHAR max_length)
 DIGEST_MAX = 64
 # A gallery's collections are named `{gallery}_{suffix}`, and Milvus takes collection names of
@@ -398,12 +401,15 @@ def list_galleries(client: MilvusClient) -> list[str]:
     return sorted(g for g in found if find_layout(client, g))
 
 
-def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = None) -> Gallery:
+def open_gallery(
+    client: MilvusClient, gallery: str, fingerprint: str | None = None, mapped: bool = False
+) -> Gallery:
     """A loaded gallery, checked: every collection present, same model. Collections are loaded
     into Milvus memory on first use (`Gallery.ensure_loaded`), not here.
 
     With `fingerprint`, a gallery built by another model is refused (its codes mean nothing
-    to this model's queries).
+    to this model's queries); with `mapped` (an embedded server that maps segments), one that
+    server cannot load.
     """
     check_gallery_name(gallery)
     layout = find_layout(client, gallery)
@@ -432,6 +438,15 @@ def open_gallery(client: MilvusClient, gallery: str, fingerprint: str | None = N
             f"collection '{gallery}' was loaded with model {meta['image'].fingerprint[:12]}, "
             f"not with this checkpoint's model {fingerprint[:12]}; search with that checkpoint "
             f"or rebuild: `meet-milvus load --collection {gallery} --drop`"
+        )
+    # Before format 3 a gallery's digests and its log's `deleted` arrays could be all empty,
+    # which Milvus 2.3's mmap cannot map: loading it would be retried for ever.
+    if mapped and any(m.meet_milvus < 3 for m in meta.values()):
+        raise GalleryMismatchError(
+            f"collection '{gallery}': made by an earlier meet-milvus, which the embedded "
+            f"server's mmap (embedded_mmap) cannot load; rebuild it (`meet-milvus load "
+            f"--collection {gallery} --drop`, or index its files into a new collection), or "
+            f"turn embedded_mmap off"
         )
     return Gallery(gallery, layout, meta)
 

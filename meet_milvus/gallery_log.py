@@ -6,7 +6,8 @@ changes by **changes**, each one row of the collection `{gallery}_log`:
     id        INT64 (primary)        the generation this change makes
     modality  VARCHAR                `image` or `text`
     lo, hi    INT64                  an add: the ids lo..hi-1 it inserted (lo == hi: none)
-    deleted   ARRAY<INT64>(4096)     a delete: the ids it removed
+    deleted   ARRAY<INT64>(4096)     a delete: the ids it removed (an add: [-1], as Milvus 2.3's
+                                     mmap cannot map a segment whose arrays are all empty)
     state     VARCHAR                `pending` while the writer works, `done` after
 
 A writer logs a change `pending`, writes the rows to (or deletes them from) every collection
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 MAX_DELETED = 4096  # ids one change deletes (Milvus caps an ARRAY at 4096 elements)
+NO_ID = -1  # `deleted` of an add: ids are never negative
 State = Literal["pending", "done"]
 
 
@@ -60,7 +62,7 @@ class Change:
 
     def row(self) -> dict:
         return {"id": self.generation, "modality": self.modality, "lo": self.lo, "hi": self.hi,
-                "deleted": [int(i) for i in self.deleted], "state": self.state,
+                "deleted": [int(i) for i in self.deleted] or [NO_ID], "state": self.state,
                 "v": [0.0, 0.0]}  # fmt: skip
 
 
@@ -142,7 +144,7 @@ def read_changes(
     )  # fmt: skip
     changes = [
         Change(int(r["id"]), r["modality"], int(r["lo"]), int(r["hi"]),
-               np.asarray(r["deleted"] or [], dtype=np.int64), r["state"])
+               np.asarray([i for i in r["deleted"] if i != NO_ID], dtype=np.int64), r["state"])
         for r in rows
     ]  # fmt: skip
     return sorted(changes, key=lambda c: c.generation)

@@ -16,6 +16,7 @@ first stage never finds an id the later stages cannot read), flushed, logged `do
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,11 @@ MAX_BATCH_ROWS = 4096
 GROWN_ROWS = 65536
 
 
+def source_digest(source: str) -> str:
+    """The digest of a row from a data split: a hash of its source (image path or caption)."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 @dataclass
 class Items:
     """One modality's rows, in primary-key order."""
@@ -70,7 +76,13 @@ class Items:
     external_id: list[str]
     image: np.ndarray  # (n,) int64: the image each item shows (-1: none)
     neighbours: np.ndarray  # (n, k) float32: top-k similarities to the other modality, desc
-    digest: list[str] | None = None  # content hashes (None: a data split's rows, no hash)
+    digest: list[str] | None = None  # content hashes (None: a data split's, of each source)
+
+    def __post_init__(self) -> None:
+        # Never empty: Milvus 2.3's mmap cannot map a segment whose VARCHAR column holds
+        # only empty strings (the load fails and is retried for ever).
+        if self.digest is None:
+            self.digest = [source_digest(s) for s in self.source]
 
     def __len__(self) -> int:
         return len(self.encoded.dense)
@@ -87,7 +99,7 @@ class Items:
             "external_id": lambda: clip(self.external_id[i]),
             "image": lambda: int(self.image[i]),
             "neighbours": lambda: self.neighbours[i].tolist(),
-            "digest": lambda: self.digest[i] if self.digest else "",
+            "digest": lambda: self.digest[i],
         }
         return {"id": first + i, **{f: values[f]() for f in fields}}
 
@@ -101,7 +113,7 @@ class Items:
                 "neighbours": self.neighbours[lo:hi], "image": self.image[lo:hi],
                 "source": [clip(t) for t in self.source[lo:hi]],
                 "external_id": [clip(t) for t in self.external_id[lo:hi]],
-                "digest": list(self.digest[lo:hi]) if self.digest else [""] * (hi - lo),
+                "digest": list(self.digest[lo:hi]),
             }  # fmt: skip
 
 
@@ -260,7 +272,8 @@ def _check_same(found: GalleryMeta, meta: GalleryMeta, name: str, gallery: str) 
     def record(m: GalleryMeta) -> dict:
         keys = ("fingerprint", "source", "rows", "neighbours", "H", "M", "K", "embed_dim",
                 "layout")  # fmt: skip
-        return {**{k: getattr(m, k) for k in keys}, "format": m.meet_milvus}
+        # Format 3 only fills digests a format-2 load left empty: a load may finish either.
+        return {**{k: getattr(m, k) for k in keys}, "format": min(m.meet_milvus, 2)}
 
     have, want = record(found), record(meta)
     differ = [k for k in want if have[k] != want[k]]

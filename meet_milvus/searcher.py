@@ -93,8 +93,9 @@ class MeetSearcher:
         path = checkpoint or settings.checkpoint or self._loaded_with(collection)
         self.model: MeetModel = load_checkpoint(path, settings.device, settings.cache_dir)
         self.gallery: Gallery = open_gallery(
-            self.client, collection, fingerprint=self.model.config.fingerprint
-        )
+            self.client, collection, fingerprint=self.model.config.fingerprint,
+            mapped=settings.maps_segments,
+        )  # fmt: skip
         self.state: GalleryState = gallery_state(self.client, self.gallery)
         changed = self.state.generation > len(MODALITIES) or any(self.state.deleted.values())
         live = {m: self.state.live(m) for m in MODALITIES} if changed else None

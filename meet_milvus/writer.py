@@ -153,7 +153,8 @@ class GalleryWriter:
         self.client = connect(self.settings)
         self.gallery: Gallery | None = None
         with contextlib.suppress(GalleryNotFoundError):
-            self.gallery = open_gallery(self.client, collection)
+            self.gallery = open_gallery(self.client, collection,
+                                        mapped=self.settings.maps_segments)  # fmt: skip
         path = checkpoint or self.settings.checkpoint
         if path is None and self.gallery is not None:
             path = self.gallery.meta["image"].checkpoint

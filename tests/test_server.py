@@ -143,6 +143,8 @@ def test_server_start_status_stop(tmp_path):
 
         started = _cli(["server", "start"], settings, tmp_path)
         assert started.returncode == 0, started.stderr
+        config = (settings.milvus_dir / "configs" / "milvus.yaml").read_text()
+        assert "mmapDirPath" not in config  # embedded_mmap is off by default
         assert f"Milvus v2.3.5-lite at {address}" in started.stdout
         # The server outlived the command that started it, and serves this process too.
         client = connect(settings)

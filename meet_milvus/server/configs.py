@@ -93,7 +93,10 @@ def write_configs(
         "etcd_log_level": etcd_level,
         "system_log_path": "",
         "authorization_enabled": "true",
+        "mmap_dir": data / "mmap" if settings.embedded_mmap else "",
     }
+    if settings.embedded_mmap:
+        private_dir(values["mmap_dir"])
     write_private(configs / "milvus.yaml", _milvus_yaml(settings, values, level, root))
     glog = (package_dir() / "data" / "glog.conf").read_text(encoding="utf-8")
     glog = glog.replace("--logtostderr=false", "--logtostderr=true")
@@ -135,6 +138,10 @@ def _milvus_yaml(settings: Settings, values: dict, level: str, root: str) -> str
         (r"^(    interval: )\d+(?= # gc interval)", settings.embedded_gc_interval, 1),
         (r"^(    dropTolerance: )\d+", settings.embedded_gc_drop_tolerance, 1),
         (r"^(  rootPath: )by-dev(?= # The root path where data is stored in etcd)", root, 1),
+        # Milvus 2.3 maps segments only with this path set (queryNode.mmap.* and the collection
+        # property `mmap.enabled` came with 2.4).
+        (r"^(queryNode:\n)", f"  mmapDirPath: {values['mmap_dir']}\n" if values["mmap_dir"]
+         else "", 1),  # fmt: skip
     ):
         template, found = re.subn(pattern, rf"\g<1>{value}", template, flags=re.M)
         if found != count:
