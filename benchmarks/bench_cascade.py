@@ -353,7 +353,7 @@ def prepare(n: int, run: Run, data_dir: Path, port: int, cache: Path, work: Path
     client, server, settings = milvus(data_dir, port, run.server_mmap)
     out: dict = {"items": n, "queries": run.queries, "spec": asdict(g.spec)}
     out["load_s"] = load_synthetic(client, settings, name, g)
-    gallery = cols.open_gallery(client, name)
+    gallery = cols.open_gallery(client, name, mapped=settings.maps_segments)
     out["index_wait_s"] = wait_indexed(client, gallery.collections())
     start = time.perf_counter()
     tier = open_tier(client, gallery, "image", settings, echo=click.echo)
