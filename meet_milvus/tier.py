@@ -37,6 +37,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from pydantic import ValidationError
 
 from meet_milvus.config import Settings
 from meet_milvus.errors import GalleryMismatchError
@@ -371,6 +372,9 @@ def fresh_info(path: Path, meta: GalleryMeta) -> dict | None:
     """The tier's manifest when it exists and was built for this gallery, else None."""
     try:
         info = read_info(path)
-    except GalleryMismatchError:
+        # Parsed, not compared as written: a field added since the tier was built takes its
+        # default on both sides, so an upgrade does not rebuild every tier.
+        built_for = GalleryMeta.model_validate(info.get("gallery"))
+    except (GalleryMismatchError, ValidationError):
         return None
-    return info if info.get("gallery") == meta.model_dump() else None
+    return info if built_for == meta else None

@@ -3,13 +3,16 @@ reading it agree with brute force, and a tier that does not match its gallery is
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore
 from meet_milvus.errors import MeetError
 from meet_milvus.gallery_layout import GalleryMeta
-from meet_milvus.tier import read_tier
+from meet_milvus.tier import fresh_info, read_tier
 from meet_milvus.tier_write import ann_nlist, write_tier
 
 pytestmark = pytest.mark.unit
@@ -141,3 +144,17 @@ def test_exact_stage_on_the_tier_scores_each_querys_survivors(tier_and_rows, wid
         order = np.argsort(-sims, kind="stable")[:10]
         assert found.tolist() == row[order].tolist()
         np.testing.assert_allclose(scores, sims[order], rtol=1e-5)
+
+
+def test_a_tier_built_before_a_new_gallery_field_stays_fresh(tier_and_rows, tmp_path):
+    path = tmp_path / "image"
+    shutil.copytree(tier_and_rows[0].path, path)
+    info = json.loads((path / "tier.json").read_text())
+    del info["gallery"]["dense_index"]  # as an earlier meet-milvus wrote it
+    (path / "tier.json").write_text(json.dumps(info))
+    assert fresh_info(path, _meta()) is not None  # the field's default on both sides
+    assert fresh_info(path, _meta().model_copy(update={"dense_index": "FLAT"})) is None
+    assert fresh_info(path, _meta(ROWS - 1)) is None  # another load
+    info["gallery"]["H"] = "sixty-four"
+    (path / "tier.json").write_text(json.dumps(info))
+    assert fresh_info(path, _meta()) is None  # unreadable: rebuilt, not a traceback
