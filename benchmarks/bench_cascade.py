@@ -622,7 +622,8 @@ def markdown(res: dict) -> str:
 
 
 def size_table(size: dict) -> list[str]:
-    exact = next(v for k, v in size["methods"].items() if k.startswith("exact"))
+    # --no-client-side runs no exact row: the ratio column is then empty.
+    exact = next((v for k, v in size["methods"].items() if k.startswith("exact")), None)
     lines = [
         "| method | p50 ms | p95 ms | p50 cold | p95 cold | QPS (batch) | × exact QPS | "
         "total B/item | client B/item | server B/item | disk B/item | recall@10 |",
@@ -632,9 +633,10 @@ def size_table(size: dict) -> list[str]:
         cold = r.get("cold")
         p50c, p95c = (f"{cold['p50_ms']:.2f}", f"{cold['p95_ms']:.2f}") if cold else ("–", "–")
         disk = f"{r['disk_B']:,.0f}" if "disk_B" in r else "–"
+        ratio = f"{r['qps'] / exact['qps']:.1f}" if exact else "–"
         lines.append(
             f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {p50c} | {p95c} | "
-            f"{r['qps']:.0f} | {r['qps'] / exact['qps']:.1f} | {r['total_B']:.1f} | "
+            f"{r['qps']:.0f} | {ratio} | {r['total_B']:.1f} | "
             f"{r['client_B']:.1f} | {r['server_B']:.1f} | {disk} | {r['recall@10']:.3f} |"
         )
     return lines
