@@ -11,24 +11,12 @@ from meet_milvus.errors import MeetError
 from meet_milvus.gallery_rows import Origin, write_gallery
 from meet_milvus.pool import neighbour_stats
 from meet_milvus.server import connect
-from meet_milvus_loaders.milvus_loader import load, split_items
+from meet_milvus_loaders.milvus_loader import load
 
 
 @pytest.fixture(scope="module")
 def client(runtime_settings):
     return connect(runtime_settings)
-
-
-@pytest.fixture(scope="module")
-def demo_items(runtime_settings, demo_checkpoint):
-    from meet_milvus.model import load_checkpoint
-    from meet_milvus_loaders.milvus_loader import encode_split
-    from meet_milvus_loaders.precomp import load_split
-
-    model = load_checkpoint(demo_checkpoint, "cpu")
-    split = load_split(runtime_settings.data_dir, "demo", "test")
-    images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
-    return model, split, split_items(split, images, texts, neighbours=8)
 
 
 _dense = ["dense", "source", "external_id", "digest", "image", "neighbours"]

@@ -12,19 +12,8 @@ from meet_milvus import gallery_layout as cols
 from meet_milvus import gallery_rows
 from meet_milvus.errors import GalleryMismatchError
 from meet_milvus.gallery_rows import Origin, write_gallery
-from meet_milvus.model import load_checkpoint
 from meet_milvus.server import EmbeddedServer, connect
-from meet_milvus_loaders.milvus_loader import encode_split, split_items
-from meet_milvus_loaders.precomp import load_split
 from tests.plugins.milvus import embedded_settings
-
-
-@pytest.fixture(scope="module")
-def demo_items(runtime_settings, demo_checkpoint):
-    model = load_checkpoint(demo_checkpoint, "cpu")
-    split = load_split(runtime_settings.data_dir, "demo", "test")
-    images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
-    return model, split, split_items(split, images, texts, neighbours=8)
 
 
 def _write(client, name, model, items):

@@ -69,6 +69,19 @@ def demo_gallery(runtime_settings, demo_checkpoint) -> str:
 
 
 @pytest.fixture(scope="session")
+def demo_items(runtime_settings, demo_checkpoint):
+    """(model, the demo's test split, its rows as a load writes them: 8 neighbours)."""
+    from meet_milvus.model import load_checkpoint
+    from meet_milvus_loaders.milvus_loader import encode_split, split_items
+    from meet_milvus_loaders.precomp import load_split
+
+    model = load_checkpoint(demo_checkpoint, "cpu")
+    split = load_split(runtime_settings.data_dir, "demo", "test")
+    images, texts = encode_split(model, split, runtime_settings.cache_dir, 64, False)
+    return model, split, split_items(split, images, texts, neighbours=8)
+
+
+@pytest.fixture(scope="session")
 def searcher(runtime_settings, demo_gallery):
     """A searcher of the demo gallery; no checkpoint given: the gallery's own is taken."""
     from meet_milvus import MeetSearcher
