@@ -144,7 +144,8 @@ def read_changes(
     )  # fmt: skip
     changes = [
         Change(int(r["id"]), r["modality"], int(r["lo"]), int(r["hi"]),
-               np.asarray([i for i in r["deleted"] if i != NO_ID], dtype=np.int64), r["state"])
+               np.asarray([i for i in r["deleted"] or [] if i != NO_ID], dtype=np.int64),
+               r["state"])
         for r in rows
     ]  # fmt: skip
     return sorted(changes, key=lambda c: c.generation)
