@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from meet_milvus.commands.options import COLLECTION, DENSE_INDEX, given, neighbours_option
+from meet_milvus.commands.options import (
+    COLLECTION,
+    DENSE_INDEX,
+    DENSE_INDEXES,
+    given,
+    neighbours_option,
+)
 from meet_milvus.context import current_settings as _settings
 
 
@@ -78,8 +84,7 @@ def delete(ids, collection, missing) -> None:
 
 @click.command("reindex")
 @COLLECTION
-@click.option("--dense-index", required=True,
-              type=click.Choice(["hnsw", "flat"], case_sensitive=False),
+@click.option("--dense-index", required=True, type=DENSE_INDEXES,
               help="the dense field's new index: hnsw for the server-side ANN, flat to free the "
                    "server of the graph")  # fmt: skip
 def reindex(collection, dense_index) -> None:

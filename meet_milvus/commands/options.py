@@ -66,9 +66,9 @@ RERANK = setting_option(
 FILTER = setting_option("--filter", setting="filter", choices=["auto", "meet", "ann"])
 HASH_MODE = setting_option("--hash-mode", setting="hash_mode", choices=["milvus", "client"])
 PQ_MODE = setting_option("--pq-mode", setting="pq_mode", choices=["adc", "milvus"])
+DENSE_INDEXES = click.Choice(["hnsw", "flat"], case_sensitive=False)
 DENSE_INDEX = click.option(
-    "--dense-index", type=click.Choice(["hnsw", "flat"], case_sensitive=False), default="hnsw",
-    show_default=True,
+    "--dense-index", type=DENSE_INDEXES, default="hnsw", show_default=True,
     help="a new gallery's index on its dense field in Milvus: hnsw serves the server-side ANN "
     "(--tier server); flat skips its build, for a gallery searched through its local tier",
 )  # fmt: skip

@@ -93,11 +93,11 @@ def write_configs(
         "etcd_log_level": etcd_level,
         "system_log_path": "",
         "authorization_enabled": "true",
-        "mmap_dir": data / "mmap" if settings.embedded_mmap else "",
     }
-    if settings.embedded_mmap:
-        private_dir(values["mmap_dir"])
-    write_private(configs / "milvus.yaml", _milvus_yaml(settings, values, level, root))
+    mmap = data / "mmap" if settings.embedded_mmap else None
+    if mmap is not None:
+        private_dir(mmap)
+    write_private(configs / "milvus.yaml", _milvus_yaml(settings, values, level, root, mmap))
     glog = (package_dir() / "data" / "glog.conf").read_text(encoding="utf-8")
     glog = glog.replace("--logtostderr=false", "--logtostderr=true")
     glog = re.sub(r"--minloglevel=\d+", f"--minloglevel={glog_level}", glog)
@@ -113,8 +113,11 @@ def write_configs(
     return configs
 
 
-def _milvus_yaml(settings: Settings, values: dict, level: str, root: str) -> str:
-    """The package's config template with our settings and `values` for its placeholders."""
+def _milvus_yaml(
+    settings: Settings, values: dict, level: str, root: str, mmap: Path | None
+) -> str:
+    """The package's config template with our settings and `values` for its placeholders;
+    `mmap`: the folder Milvus maps loaded segments from (None: no mapping)."""
 
     def fill(m: re.Match) -> str:
         value = values.get(m.group(1), m.group(2))
@@ -140,8 +143,7 @@ def _milvus_yaml(settings: Settings, values: dict, level: str, root: str) -> str
         (r"^(  rootPath: )by-dev(?= # The root path where data is stored in etcd)", root, 1),
         # Milvus 2.3 maps segments only with this path set (queryNode.mmap.* and the collection
         # property `mmap.enabled` came with 2.4).
-        (r"^(queryNode:\n)", f"  mmapDirPath: {values['mmap_dir']}\n" if values["mmap_dir"]
-         else "", 1),  # fmt: skip
+        (r"^(queryNode:\n)", f"  mmapDirPath: {mmap}\n" if mmap else "", 1),
     ):
         template, found = re.subn(pattern, rf"\g<1>{value}", template, flags=re.M)
         if found != count:
