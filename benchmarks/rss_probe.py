@@ -25,7 +25,7 @@ from benchmarks import peers
 from benchmarks.measure import rss_bytes
 from meet_milvus.cascade import AnnFilter, Cascade, ExactRescore, HammingFilter, QuantizedFilter
 from meet_milvus.model.meet_model import Encoded
-from meet_milvus.tier import READ_POOL, read_tier
+from meet_milvus.tier import read_tier
 
 
 def tier_cascade(spec: dict):
@@ -64,7 +64,6 @@ def warm_libraries(dim: int) -> None:
     small.init_index(256)
     small.add_items(x[:256])
     small.knn_query(x[:4], k=10)
-    list(READ_POOL.map(len, [[1]] * 8))
     peers.warm_lance(dim)
 
 
