@@ -406,20 +406,26 @@ class ExactRescore(_GalleryStage):
             return Candidates.top(ids, np.zeros(ids.shape, np.float32), limit)
         unique, inverse = np.unique(np.where(valid, ids, ids.max()), return_inverse=True)
         mode = self.mode
+        remote = getattr(self.store, "remote", False)
         if mode == "auto":
-            remote = getattr(self.store, "remote", False)
             overlap = len(unique) * self.FETCH_COST < valid.sum()
             share = 1.0 if self.dense_index == "FLAT" else HNSW_EXACT_SHARE
             few = valid.sum(axis=1).max() <= share * max(self._live(), 1)
             mode = "search" if remote and not overlap and few else "read"
         if mode == "search":
             return self._search(dense, ids, limit)
-        vectors = np.asarray(self.store.dense(unique), np.float32)
         if len(unique) * len(ids) > 4 * valid.sum():
             # Little overlap between the queries' survivors (a large gallery): score each
-            # query against its own survivors only, not against every query's.
-            own = vectors[inverse.reshape(ids.shape)]  # (nq, n, D)
+            # query against its own survivors only, not against every query's. From the local
+            # tier they are read straight into place (nq, n, D); a Milvus fetch returns an id
+            # once however often it is asked for.
+            if remote:
+                own = np.asarray(self.store.dense(unique), np.float32)[inverse]
+            else:
+                own = self.store.dense(np.where(valid, ids, unique[0]).reshape(-1))
+            own = own.reshape(*ids.shape, -1)
             return Candidates.top(ids, np.einsum("qnd,qd->qn", own, dense), limit)
+        vectors = np.asarray(self.store.dense(unique), np.float32)
         sims = dense @ vectors.T  # (nq, unique)
         scores = np.take_along_axis(sims, inverse.reshape(ids.shape), axis=1)
         return Candidates.top(ids, scores, limit)

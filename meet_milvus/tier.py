@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ ANN_REBUILD_GROWTH = 0.5
 # (Linux >= 4.14; elsewhere every read waits, one at a time).
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
-Read = tuple[memoryview, int, int]  # (buffer to fill, file descriptor, offset)
+Buffer = np.ndarray | bytearray  # filled in place by gather
 
 Chunk = dict[str, Any]  # field -> values of consecutive rows (arrays; lists of strings)
 TEXT_FIELDS = ("source", "external_id", "digest")
@@ -270,17 +270,15 @@ class LocalTier:
     def text(self, field: str, ids: np.ndarray) -> list[str]:
         """`source`, `external_id` or `digest` of each id."""
         ids = self._check(ids)
-        segs = [self._segments[s] for s in self._segment_of(ids)]
+        segs = [self._segments[s] for s in self._segment_of(ids).tolist()]
         bounds = np.empty((len(ids), 2), np.int64)  # each text's start and end in its file
-        view = memoryview(bounds.reshape(-1).view(np.uint8))
-        got = gather([(view[16 * r : 16 * (r + 1)], s.fd(f"{field}.off"), 8 * int(i - s.lo))
-                      for r, (i, s) in enumerate(zip(ids, segs, strict=True))])  # fmt: skip
+        offsets = [8 * (i - s.lo) for i, s in zip(ids.tolist(), segs, strict=True)]
+        got = gather(list(bounds.view(np.uint8)), [s.fd(f"{field}.off") for s in segs], offsets)
         if got != bounds.nbytes or (len(ids) and (bounds[:, 1] < bounds[:, 0]).any()):
             raise GalleryMismatchError(f"gallery tier {self.path}: {field} truncated (rebuild it)")
-        texts = [bytearray(int(b - a)) for a, b in bounds]
-        got = gather([(memoryview(t), s.fd(f"{field}.txt"), int(a))
-                      for t, s, (a, _) in zip(texts, segs, bounds, strict=True)])  # fmt: skip
-        if got != int((bounds[:, 1] - bounds[:, 0]).sum()):
+        texts = [bytearray(b - a) for a, b in bounds.tolist()]
+        got = gather(texts, [s.fd(f"{field}.txt") for s in segs], bounds[:, 0].tolist())
+        if got != sum(map(len, texts)):
             raise GalleryMismatchError(f"gallery tier {self.path}: {field} truncated (rebuild it)")
         return [t.decode("utf-8") for t in texts]
 
@@ -298,13 +296,11 @@ class LocalTier:
         ids = self._check(ids)
         size = width * np.dtype(dtype).itemsize
         out = np.empty((len(ids), width), dtype=dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
         segs = self._segment_of(ids)
-        fds = [s.fd(FILES[field]) for s in self._segments]
+        fd_of = [s.fd(FILES[field]) for s in self._segments]
+        fds = [fd_of[s] for s in segs.tolist()] if len(fd_of) > 1 else fd_of * len(ids)
         offsets = ((ids - self._starts[segs]) * size).tolist()
-        places = zip(segs.tolist(), offsets, strict=True)
-        got = gather([(view[r * size : (r + 1) * size], fds[s], offset)
-                      for r, (s, offset) in enumerate(places)])  # fmt: skip
+        got = gather(list(out.view(np.uint8).reshape(len(ids), size)), fds, offsets)
         if got != size * len(ids):
             raise GalleryMismatchError(f"gallery tier {self.path}: {field} truncated (rebuild it)")
         return out
@@ -341,15 +337,15 @@ class LocalTier:
                 f"generation={self.generation})")  # fmt: skip
 
 
-def gather(reads: list[Read]) -> int:
-    """Fill every buffer from its file at its offset; the bytes read in all.
+def gather(buffers: Sequence[Buffer], fds: Sequence[int], offsets: Sequence[int]) -> int:
+    """Fill each buffer from its file at its offset; the bytes read in all.
 
     What the page cache holds is copied at once (preadv with RWF_NOWAIT: no thread, no wait).
     The rest is asked of the disk together (WILLNEED queues each read without waiting for it)
     and then read in order, so a cold batch waits about one disk latency, not one per row.
     The data passes through the page cache, never mapped into this process."""
     done, missed = 0, []
-    for buf, fd, offset in reads:
+    for buf, fd, offset in zip(buffers, fds, offsets, strict=True):
         n = 0
         if NOWAIT:
             try:
