@@ -1,7 +1,12 @@
 """Concurrent calls served in batches: callers that arrive while a batch is being computed
 are answered together by the next one (group commit). One caller alone waits for nothing;
 under load, batches grow by themselves, so one encoder pass and one stage pass serve many
-callers and throughput grows with them instead of queueing behind a lock."""
+callers and throughput grows with them instead of queueing behind a lock.
+
+Callers in a closed loop (each sends its next request once answered) come back one after the
+other, microseconds apart, and the first back would lead a batch of one while the rest queue
+behind it. So a leader whose previous batch held several callers waits a short window (WINDOW_S)
+for as many to be queued before it starts; after a batch of one it never waits."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Generic, TypeVar
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
+# Long enough for answered callers to send again, short against one query (~7 ms on the demo).
+WINDOW_S = 0.001
 
 
 class _Pending(Generic[Request, Result]):
@@ -36,30 +43,42 @@ class Batcher(Generic[Request, Result]):
     `run` takes a list of requests of one `group` (requests of different groups never share a
     call) and returns one result per request, in order. If `run` raises for a batch of several,
     each of its requests is run alone, so one bad request fails only its own caller.
-    `max_batch` bounds a call's size."""
+    `max_batch` bounds a call's size; `window` is how long a leader waits for the callers of
+    its previous batch (see the module docstring)."""
 
     def __init__(
-        self, run: Callable[[list[Request]], Sequence[Result]], max_batch: int = 64
+        self,
+        run: Callable[[list[Request]], Sequence[Result]],
+        max_batch: int = 64,
+        window: float = WINDOW_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch {max_batch}: must be at least 1")
         self._run = run
         self._max = max_batch
+        self._window = window
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: list[_Pending[Request, Result]] = []
         self._busy = False  # a caller leads
+        self._last = 0  # callers in the previous batch
 
     def submit(self, request: Request, group: Hashable = None) -> Result:
         me = _Pending[Request, Result](request, group)
         with self._lock:
             self._queue.append(me)
+            self._arrived.notify_all()
             if not self._busy:
                 self._busy = me.lead = True
         if not me.lead:
             me.wake.wait()
         if not me.finished:  # leading: serve the oldest group, then pass the lead on
             with self._lock:
+                want = min(self._last, self._max)
+                if want > 1:
+                    self._arrived.wait_for(lambda: len(self._queue) >= want, self._window)
                 batch = [p for p in self._queue if p.group == me.group][: self._max]
+                self._last = len(batch)
                 taken = {id(p) for p in batch}
                 self._queue = [p for p in self._queue if id(p) not in taken]
             try:

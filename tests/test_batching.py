@@ -107,3 +107,35 @@ def test_many_concurrent_callers_get_their_sequential_answers() -> None:
         t.join(60)
     assert out == {r: (r, r % 7) for b in range(8) for r in range(b * 1000, b * 1000 + 200)}
     assert not batcher._busy and not batcher._queue
+
+
+def closed_loop_batches(window: float, callers: int = 4, each: int = 40) -> list[int]:
+    """Sizes of the calls made while `callers` threads each send `each` requests, the next one
+    as soon as the last is answered (as the latency benchmark's callers and HTTP clients do)."""
+    sizes: list[int] = []
+
+    def run(requests: list) -> list:
+        sizes.append(len(requests))
+        time.sleep(0.003)  # a pass over the batch, the GIL released (as encoding releases it)
+        return requests
+
+    batcher = Batcher(run, window=window)
+    threads = [
+        threading.Thread(target=lambda: [batcher.submit(i) for i in range(each)])
+        for _ in range(callers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(sizes) == callers * each
+    return sizes
+
+
+def test_callers_in_a_closed_loop_come_back_as_one_batch() -> None:
+    """Answered together, the callers send again microseconds apart: the leader waits the short
+    window for them, so the batches stay whole instead of splitting into one and the rest."""
+    sizes = closed_loop_batches(window=0.05)  # generous: a loaded test machine is slow to wake
+    assert sum(s == 4 for s in sizes[2:]) >= 0.8 * len(sizes[2:])
+    without = closed_loop_batches(window=0.0)  # what the window prevents
+    assert sum(without) / len(without) < sum(sizes) / len(sizes)
