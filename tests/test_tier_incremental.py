@@ -138,8 +138,10 @@ def test_a_reader_never_sees_half_a_segment_while_another_process_appends(tmp_pa
     step, segments = 200, 25
     write_tier(path, _meta(), iter([_chunk(0, step)]), echo=None, generation=1)
     reader = read_tier(path)
-    writer = multiprocessing.get_context("fork").Process(target=_writer,
-                                                         args=(path, segments, step))
+    # spawn, not fork: a fork of this process copies the locks its other threads (Milvus
+    # clients, faiss's OpenMP workers) may hold at that instant, and the child can hang on one.
+    writer = multiprocessing.get_context("spawn").Process(target=_writer,
+                                                          args=(path, segments, step))
     writer.start()
     seen = []
     deadline = time.monotonic() + 120
