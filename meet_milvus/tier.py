@@ -298,7 +298,7 @@ class LocalTier:
         out = np.empty((len(ids), width), dtype=dtype)
         segs = self._segment_of(ids)
         fd_of = [s.fd(FILES[field]) for s in self._segments]
-        fds = [fd_of[s] for s in segs.tolist()] if len(fd_of) > 1 else fd_of * len(ids)
+        fds = [fd_of[s] for s in segs.tolist()]
         offsets = ((ids - self._starts[segs]) * size).tolist()
         got = gather(list(out.view(np.uint8).reshape(len(ids), size)), fds, offsets)
         if got != size * len(ids):
